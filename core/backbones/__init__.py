@@ -1,0 +1,31 @@
+"""Backbones: UniRepLKNet (with structural re-parameterization) and the Table 13 baselines."""
+
+from core.backbones.factory import (
+    BASELINES,
+    backbone_kernel_sizes,
+    create_backbone,
+    list_backbones,
+    reparameterize,
+)
+from core.backbones.unireplknet import (
+    SUPPORTED_KERNELS,
+    VARIANTS,
+    DilatedReparamBlock,
+    UniRepLKNet,
+    UniRepLKNetBlock,
+    default_kernel_sizes,
+)
+
+__all__ = [
+    "BASELINES",
+    "SUPPORTED_KERNELS",
+    "VARIANTS",
+    "DilatedReparamBlock",
+    "UniRepLKNet",
+    "UniRepLKNetBlock",
+    "backbone_kernel_sizes",
+    "create_backbone",
+    "default_kernel_sizes",
+    "list_backbones",
+    "reparameterize",
+]

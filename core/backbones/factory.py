@@ -1,0 +1,80 @@
+"""One factory for every backbone the project trains: UniRepLKNet variants and the Table 13 baselines.
+
+The baselines come from timm (ResNet, ConvNeXt), which already provides ``in_chans`` adaptation of the first
+conv, ``num_classes=0`` pooled features and the same feature API as UniRepLKNet.
+"""
+
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from core.backbones import unireplknet  # noqa: F401  (registers unireplknet_* in timm)
+
+UNIREPLKNET = tuple(f"unireplknet_{v}" for v in unireplknet.VARIANTS)
+
+# project name -> (timm name, the fixed spatial kernel size of its blocks)
+BASELINES: dict[str, tuple[str, int]] = {
+    "resnet101": ("resnet101", 3),
+    "convnext_s": ("convnext_small", 7),
+    # small counterparts for the CPU-scale (mini) Table 13 grid
+    "resnet18": ("resnet18", 3),
+    "convnext_atto": ("convnext_atto", 7),
+}
+
+
+def list_backbones() -> list[str]:
+    """Every name ``create_backbone`` accepts."""
+    return [*UNIREPLKNET, *BASELINES]
+
+
+def create_backbone(
+    name: str,
+    in_chans: int = 3,
+    num_classes: int = 0,
+    kernel_size: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a backbone by name.
+
+    Args:
+        name: one of ``list_backbones()``.
+        in_chans: channels C' of the input map.
+        num_classes: head size; 0 gives pooled features of width ``model.num_features``.
+        kernel_size: UniRepLKNet only: K of every large-kernel block (Table 3 / Table 13 ablations).
+            For a baseline it may only restate the baseline's own K.
+        kwargs: forwarded to the model (e.g. ``kernel_sizes``, ``drop_path_rate``, ``deploy``);
+            unknown names raise TypeError.
+    """
+    if name in UNIREPLKNET:
+        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, kernel_size=kernel_size, **kwargs)
+    if name in BASELINES:
+        timm_name, fixed_kernel = BASELINES[name]
+        if kernel_size is not None and kernel_size != fixed_kernel:
+            raise ValueError(f"{name} has a fixed kernel size of {fixed_kernel}; got kernel_size={kernel_size}")
+        if kwargs.pop("deploy", False):
+            raise ValueError(f"{name} has no re-parameterizable structure; deploy=True applies to UniRepLKNet only")
+        if kwargs.pop("kernel_sizes", None) is not None:
+            raise ValueError(f"{name} has fixed kernel sizes; kernel_sizes applies to UniRepLKNet only")
+        return timm.create_model(timm_name, in_chans=in_chans, num_classes=num_classes, **kwargs)
+    raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(list_backbones())}")
+
+
+def backbone_kernel_sizes(model: nn.Module, name: str | None = None) -> list[list[int]] | int | None:
+    """The per-stage kernel sizes of a UniRepLKNet, or a baseline's fixed K (for results tables)."""
+    if isinstance(model, unireplknet.UniRepLKNet):
+        return [list(stage) for stage in model.kernel_sizes]
+    if name in BASELINES:
+        return BASELINES[name][1]
+    return None
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """Turn every re-parameterizable module of ``model`` into its deploy structure (in place, idempotent).
+
+    Works on any model that contains UniRepLKNet blocks (e.g. a task wrapping a backbone); a no-op otherwise.
+    """
+    for module in model.modules():
+        if isinstance(module, unireplknet.UniRepLKNetBlock):
+            module.reparameterize()
+    return model
