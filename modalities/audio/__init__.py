@@ -1,0 +1,10 @@
+"""Audio modality (Speech Commands V2 keyword spotting): log-mel features as a one-channel image for the backbone.
+
+- ``preprocess``: ``fbank_features`` (the AST recipe) and the train-time augmentations.
+- ``adapter``: ``SpectrogramAdapter``, B x T x F -> B x 1 x T x F (C' = 1).
+"""
+
+from .adapter import SpectrogramAdapter
+from .preprocess import fbank_features
+
+__all__ = ["SpectrogramAdapter", "fbank_features"]
