@@ -15,6 +15,7 @@ from core.backbones import (
     list_backbones,
     reparameterize,
 )
+from core.backbones.fast import optimize_for_inference
 from core.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "default_kernel_sizes",
     "list_backbones",
     "load_checkpoint",
+    "optimize_for_inference",
     "read_state_dict",
     "reparameterize",
 ]

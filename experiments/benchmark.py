@@ -1,0 +1,256 @@
+"""Benchmark suite: backbone throughput side by side (Table 6 style) and per-modality loader vs training step.
+
+    python experiments/benchmark.py backbones                      # A/F/P/N vs ConvNeXt V2 A/F/P/N, 2 threads
+    python experiments/benchmark.py backbones --models unireplknet_a:fast,convnextv2_atto --modes eager,compile
+    python experiments/benchmark.py modalities --modalities audio,image
+
+All candidates of a run are measured interleaved (round-robin over repeats), so the machine's drift hits them
+alike; medians and ratios to a reference are reported, with the achieved FLOP/s as a fraction of this machine's
+dense matrix-multiply rate measured in the same run. Results go to a CSV and a markdown table (with the
+machine and library versions) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import core
+from core.backbones.fast import to_fast_blocks
+
+# The paper's Table 6 pairs: UniRepLKNet variant -> ConvNeXt V2 counterpart.
+PAIRS = {
+    "unireplknet_a": "convnextv2_atto",
+    "unireplknet_f": "convnextv2_femto",
+    "unireplknet_p": "convnextv2_pico",
+    "unireplknet_n": "convnextv2_nano",
+    "unireplknet_t": "convnextv2_tiny",
+}
+DEFAULT_MODELS = [f"{u}:{s}" for u in list(PAIRS)[:4] for s in ("deploy", "fast")] + list(PAIRS.values())[:4]
+
+
+@dataclass
+class Candidate:
+    label: str  # e.g. "unireplknet_a:fast/eager/nchw/fp32"
+    model_name: str
+    structure: str
+    mode: str
+    memory_format: str
+    dtype: str
+    fn: object = None
+    params_m: float = 0.0
+    gmacs: float = 0.0
+    times: list = field(default_factory=list)
+
+
+def build_model(name: str, structure: str) -> torch.nn.Module:
+    """A backbone in a given structure: train (as trained), deploy (re-parameterized), fast (FastBlocks)."""
+    if name in core.list_backbones():
+        model = core.create_backbone(name, num_classes=1000)
+    else:
+        model = timm.create_model(name, num_classes=1000)  # e.g. the ConvNeXt V2 references
+    model.eval()
+    if structure == "deploy":
+        core.reparameterize(model)
+    elif structure == "fast":
+        to_fast_blocks(model)
+    elif structure != "train":
+        raise ValueError(f"structure must be train, deploy or fast; got {structure!r}")
+    return model
+
+
+def count_macs(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-adds of one forward pass (torch's FLOP counter counts 2 FLOPs per multiply-add)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x[:1])
+    return counter.get_total_flops() / 2 * x.shape[0]
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048):
+    """A dense size^3 GEMM as a timing candidate: this machine's practical FLOP/s limit."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return (lambda: torch.mm(a, b)), 2.0 * size**3
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def machine_info(threads: int, device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu, "threads": threads, "device": device, "python": platform.python_version(),
+        "torch": torch.__version__, "timm": timm.__version__, "onednn": torch.backends.mkldnn.is_available(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_backbones(args) -> pd.DataFrame:
+    torch.manual_seed(0)
+    device = args.device
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    x_fp32 = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=device)
+    candidates: list[Candidate] = []
+    for spec in args.models:
+        name, _, structure = spec.partition(":")
+        structure = structure or ("deploy" if name.startswith("unireplknet") else "train")
+        base = build_model(name, structure).to(device)
+        params = sum(p.numel() for p in base.parameters()) / 1e6
+        macs = count_macs(base, x_fp32)
+        for fmt in args.formats:
+            for dt in args.dtypes:
+                for mode in args.modes:
+                    model = copy.deepcopy(base).to(dtype=dtypes[dt])
+                    if fmt == "channels_last":
+                        model = model.to(memory_format=torch.channels_last)
+                    fn = torch.compile(model) if mode == "compile" else model
+                    candidates.append(Candidate(
+                        f"{name}:{structure}/{mode}/{fmt}/{dt}", name, structure, mode, fmt, dt, fn, params, macs
+                    ))
+    peaks = {dt: matmul_peak(device, dtypes[dt]) for dt in args.dtypes}
+    peak_times = {dt: [] for dt in args.dtypes}
+
+    def inputs_for(c: Candidate) -> torch.Tensor:
+        x = x_fp32.to(dtype=dtypes[c.dtype])
+        return x.contiguous(memory_format=torch.channels_last) if c.memory_format == "channels_last" else x
+
+    with torch.inference_mode():
+        for c in candidates:  # warm-up, compilation
+            for _ in range(args.warmup):
+                c.fn(inputs_for(c))
+        for r in range(args.repeats):
+            for c in candidates:
+                x = inputs_for(c)
+                sync(device)
+                start = time.perf_counter()
+                c.fn(x)
+                sync(device)
+                c.times.append(time.perf_counter() - start)
+            for dt, (fn, _) in peaks.items():
+                sync(device)
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                peak_times[dt].append(time.perf_counter() - start)
+            print(f"round {r + 1}/{args.repeats} done", flush=True)
+
+    peak_flops = {dt: peaks[dt][1] / statistics.median(t) for dt, t in peak_times.items()}
+    rows = []
+    for c in candidates:
+        med = statistics.median(c.times)
+        rows.append({
+            "model": c.model_name, "structure": c.structure, "mode": c.mode, "memory_format": c.memory_format,
+            "dtype": c.dtype, "params_M": round(c.params_m, 2), "GMACs": round(c.gmacs / args.batch_size / 1e9, 3),
+            "samples_per_s": args.batch_size / med, "median_s": med,
+            "flops_fraction_of_gemm_peak": 2 * c.gmacs / med / peak_flops[c.dtype],
+        })
+    df = pd.DataFrame(rows)
+    # each model at its own fastest configuration, then ratios to its reference (Table 6 pairs)
+    best = df.loc[df.groupby(["model", "structure"])["samples_per_s"].idxmax()].copy()
+    reference_rate = {}
+    for _, row in best.iterrows():
+        if row["model"] not in PAIRS and row["model"] in PAIRS.values():
+            reference_rate[row["model"]] = row["samples_per_s"]
+    best["reference"] = best["model"].map(PAIRS)
+    best["ratio_to_reference"] = best.apply(
+        lambda r: r["samples_per_s"] / reference_rate[r["reference"]] if r["reference"] in reference_rate else None,
+        axis=1,
+    )
+    df.attrs["best"] = best
+    df.attrs["peak_gflops"] = {k: v / 1e9 for k, v in peak_flops.items()}
+    return df
+
+
+def write_backbone_report(df: pd.DataFrame, args) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "backbones_all.csv", index=False)
+    best = df.attrs["best"]
+    best.to_csv(out / "backbones_best.csv", index=False)
+    info = machine_info(args.threads, args.device)
+    lines = [
+        f"# Backbone throughput (batch {args.batch_size}, {args.resolution}x{args.resolution}, "
+        f"{args.repeats} interleaved rounds, medians)",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "Dense GEMM limit measured in the same run: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in df.attrs["peak_gflops"].items()),
+        "",
+        "## Each model at its fastest configuration (Table 6 layout)",
+        "",
+        best[["model", "structure", "mode", "memory_format", "dtype", "params_M", "GMACs", "samples_per_s",
+              "reference", "ratio_to_reference", "flops_fraction_of_gemm_peak"]].to_markdown(index=False, floatfmt=".3g"),
+        "",
+        "## Every configuration",
+        "",
+        df[["model", "structure", "mode", "memory_format", "dtype", "samples_per_s",
+            "flops_fraction_of_gemm_peak"]].to_markdown(index=False, floatfmt=".3g"),
+    ]
+    path = out / "backbones.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bb = sub.add_parser("backbones", help="throughput of backbones side by side")
+    bb.add_argument("--models", type=lambda s: s.split(","), default=DEFAULT_MODELS,
+                    help="comma list of name[:structure], structure in train/deploy/fast")
+    bb.add_argument("--modes", type=lambda s: s.split(","), default=["eager"], help="eager,compile")
+    bb.add_argument("--formats", type=lambda s: s.split(","), default=["nchw"], help="nchw,channels_last")
+    bb.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp32"], help="fp32,bf16")
+    bb.add_argument("--device", default="cpu")
+    bb.add_argument("--batch-size", type=int, default=32)
+    bb.add_argument("--resolution", type=int, default=224)
+    bb.add_argument("--threads", type=int, default=2)
+    bb.add_argument("--repeats", type=int, default=7)
+    bb.add_argument("--warmup", type=int, default=2)
+    bb.add_argument("--out", default="runs/benchmarks")
+    md = sub.add_parser("modalities", help="per-modality loader and training-step throughput on the mini presets")
+    md.add_argument("--modalities", type=lambda s: s.split(","), default=None)
+    md.add_argument("--batches", type=int, default=10)
+    md.add_argument("--threads", type=int, default=2)
+    md.add_argument("--out", default="runs/benchmarks")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.command == "backbones":
+        df = run_backbones(args)
+        path = write_backbone_report(df, args)
+        print(path.read_text())
+    else:
+        from experiments.benchmark_modalities import run_modalities
+
+        run_modalities(args)
+
+
+if __name__ == "__main__":
+    main()
