@@ -1,0 +1,516 @@
+"""LightningDataModule for ModelNet-40 in its two common on-disk formats (and the mini set in the mesh layout).
+
+- ``off``: the raw meshes, ``<root>/<class>/{train,test}/<class>_<nnnn>.off``. Each mesh is read with open3d
+  and ``mesh_points`` points are sampled uniformly on its surface (seeded by the file name: the same points on
+  every run), then cached as ``.npy``.
+- ``resampled``: ``modelnet40_normal_resampled``, ``<root>/<class>/<class>_<nnnn>.txt`` with one
+  ``x,y,z,nx,ny,nz`` line per point (10,000 points), the class list ``modelnet40_shape_names.txt`` and the split
+  lists ``modelnet40_{train,test}.txt`` (one sample id per line). The coordinates are cached as ``.npy``.
+
+Every cloud is cleaned (non-finite points dropped), normalized to the unit sphere and sampled to
+``num_points`` points, by farthest-point sampling (deterministic, cached) or at random (new points every
+epoch); a cloud with fewer points is completed by resampling with replacement. Files that cannot be used (a
+mesh that fails to load or has no faces, an unreadable text file, a cloud without finite points or whose
+points are all identical) are skipped with a ``SkippedPointCloudWarning`` naming the file, and counted
+(``skipped_clouds``); repaired clouds (non-finite points dropped) warn with ``RepairedPointCloudWarning`` and are
+counted in ``repaired_clouds``. An epoch never ends because of one file.
+
+ModelNet-40 has no validation split: by default the test split serves as validation (the protocol of the
+published results); ``val_fraction`` > 0 holds out a stratified part of train instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from modalities.pointcloud import mini, preprocess
+
+FORMATS = ("auto", "off", "resampled")
+SHAPE_NAMES = "modelnet40_shape_names.txt"
+SPLIT_LISTS = {"train": "modelnet40_train.txt", "test": "modelnet40_test.txt"}
+
+DATASET_HELP = """\
+point-cloud dataset not found or incomplete: {missing}.
+ModelNet-40 comes in two formats this DataModule reads (point data.root at the folder shown):
+  raw meshes (https://modelnet.cs.princeton.edu, ModelNet40.zip):
+    <root>/<class>/train/<class>_<nnnn>.off     e.g. <root>/airplane/train/airplane_0001.off
+    <root>/<class>/test/<class>_<nnnn>.off
+  modelnet40_normal_resampled (the PointNet++ release, modelnet40_normal_resampled.zip):
+    <root>/modelnet40_shape_names.txt, <root>/modelnet40_train.txt, <root>/modelnet40_test.txt
+    <root>/<class>/<class>_<nnnn>.txt           one "x,y,z,nx,ny,nz" line per point
+Or use data=modelnet40_mini for the generated offline mini set."""
+
+
+class SkippedPointCloudWarning(UserWarning):
+    """A point-cloud file could not be used and was skipped."""
+
+
+class RepairedPointCloudWarning(UserWarning):
+    """A point cloud had non-finite points, which were dropped."""
+
+
+class PointCloudUnusable(ValueError):
+    """Raised by a loader for a file whose points cannot be used; the dataset skips that file."""
+
+
+# --- reading files ---------------------------------------------------------------------------------------------
+
+
+_MERGED_OFF_HEADER = re.compile(rb"^OFF(?=[ \t]*[-+\d])")
+
+
+def _off_counts(data: bytes) -> tuple[int, int] | None:
+    """(vertices, faces) from an OFF header, or None when it does not parse; only used to explain a failure."""
+    tokens = _MERGED_OFF_HEADER.sub(b"OFF ", data[:256], count=1).split()
+    if len(tokens) < 3 or tokens[0] != b"OFF":
+        return None
+    try:
+        return int(tokens[1]), int(tokens[2])
+    except ValueError:
+        return None
+
+
+def read_mesh(path: str | os.PathLike):
+    """An open3d TriangleMesh from an ``.off`` (or any open3d mesh) file; PointCloudUnusable when there is no
+    usable mesh (unreadable, no faces).
+
+    About 1% of ModelNet-40's .off files glue the header keyword to the counts ("OFF490 518 0"), which
+    open3d rejects: those are read from a copy with the keyword on its own line.
+    """
+    import open3d as o3d
+
+    path = Path(path)
+    if not path.is_file():
+        raise PointCloudUnusable("file not found")
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):  # no open3d console warnings
+        mesh = o3d.io.read_triangle_mesh(str(path))
+        if len(mesh.triangles) == 0 and path.suffix.lower() == ".off":
+            head = path.read_bytes()
+            counts = _off_counts(head)
+            if counts is not None and counts[1] == 0:  # open3d says only "no vertices or faces"
+                raise PointCloudUnusable("the mesh has no faces")
+            if _MERGED_OFF_HEADER.match(head):
+                with tempfile.TemporaryDirectory() as tmp:
+                    fixed = Path(tmp) / path.name
+                    fixed.write_bytes(_MERGED_OFF_HEADER.sub(b"OFF\n", head, count=1))
+                    mesh = o3d.io.read_triangle_mesh(str(fixed))
+    if len(mesh.vertices) == 0:
+        raise PointCloudUnusable("open3d could not read a mesh from it")
+    if len(mesh.triangles) == 0:
+        raise PointCloudUnusable("the mesh has no faces")
+    return mesh
+
+
+def _file_seed(path: str | os.PathLike, seed: int) -> int:
+    """A seed from the file's name (not its absolute path, so it survives moving the dataset)."""
+    digest = hashlib.sha256(f"{seed}:{Path(path).parent.name}/{Path(path).name}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def load_mesh_points(path: str | os.PathLike, num_points: int = 10000, seed: int = 0) -> np.ndarray:
+    """``num_points`` x 3 points sampled uniformly (area-weighted) on a mesh's surface, deterministically."""
+    import open3d as o3d
+
+    mesh = read_mesh(path)
+    o3d.utility.random.seed(_file_seed(path, seed))
+    cloud = mesh.sample_points_uniformly(number_of_points=num_points)
+    return np.asarray(cloud.points, dtype=np.float32)
+
+
+def load_text_points(path: str | os.PathLike) -> np.ndarray:
+    """The x, y, z columns of a ``modelnet40_normal_resampled`` file (``x,y,z,nx,ny,nz`` per line)."""
+    try:
+        data = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise PointCloudUnusable(f"not a comma-separated table of numbers ({error})") from None
+    if data.shape[1] < 3:
+        raise PointCloudUnusable(f"expected at least 3 columns (x, y, z), found {data.shape[1]}")
+    return np.ascontiguousarray(data[:, :3])
+
+
+# --- listing samples -----------------------------------------------------------------------------------------
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """``resampled`` when ``root`` has ``modelnet40_shape_names.txt``, ``off`` when it has class folders."""
+    root = Path(root)
+    if (root / SHAPE_NAMES).is_file():
+        return "resampled"
+    if root.is_dir() and any((entry / "train").is_dir() for entry in root.iterdir() if entry.is_dir()):
+        return "off"
+    raise FileNotFoundError(DATASET_HELP.format(missing=root))
+
+
+def list_off_samples(root: str | os.PathLike) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """Class names (sorted folder names) and ``{split: [(mesh path, label), ...]}`` of the raw-mesh layout."""
+    root = Path(root)
+    classes = sorted(entry.name for entry in root.iterdir() if (entry / "train").is_dir())
+    if not classes:
+        raise FileNotFoundError(DATASET_HELP.format(missing=f"{root}/<class>/train/"))
+    samples = {}
+    for split in ("train", "test"):
+        samples[split] = [
+            (path, label)
+            for label, name in enumerate(classes)
+            for path in sorted((root / name / split).glob("*.off"))
+        ]
+    return classes, samples
+
+
+def list_resampled_samples(root: str | os.PathLike) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """Class names (file order) and ``{split: [(text path, label), ...]}`` of ``modelnet40_normal_resampled``."""
+    root = Path(root)
+    for name in (SHAPE_NAMES, *SPLIT_LISTS.values()):
+        if not (root / name).is_file():
+            raise FileNotFoundError(DATASET_HELP.format(missing=root / name))
+    classes = [line.strip() for line in (root / SHAPE_NAMES).read_text().splitlines() if line.strip()]
+    index = {name: i for i, name in enumerate(classes)}
+    samples = {}
+    for split, list_file in SPLIT_LISTS.items():
+        entries = []
+        for sample_id in (root / list_file).read_text().split():
+            name = sample_id.rsplit("_", 1)[0]  # "night_stand_0001" -> "night_stand"
+            if name not in index:
+                raise ValueError(f"{root / list_file}: sample {sample_id!r} has unknown class {name!r}")
+            entries.append((root / name / f"{sample_id}.txt", index[name]))
+        samples[split] = entries
+    return classes, samples
+
+
+# --- dataset ---------------------------------------------------------------------------------------------------
+
+
+class PointCloudDataset(Dataset):
+    """``(num_points x 3 float32 tensor, int64 label)`` per file, or None (with a warning) for a file skipped.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        load: reads a file's raw points (N x 3 numpy), raising PointCloudUnusable (or OSError) when it cannot.
+        num_points, sampling: points per cloud and ``fps`` / ``random``.
+        transform: train augmentation applied to the normalized, sampled cloud (None: evaluation).
+        cache_dir: where raw points (``raw/``) and FPS results (``fps<N>/``) are cached as .npy; None: no cache
+            (nor when it cannot be written: a warning, then the data is read without it).
+        root: the dataset root (cache files mirror the paths below it).
+        counters: shared ``{"skipped": Value, "repaired": Value}`` (DataLoader workers write to them), or None.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        load: Callable[[Path], np.ndarray],
+        num_points: int,
+        sampling: str = "fps",
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        root: str | os.PathLike | None = None,
+        counters: dict | None = None,
+    ):
+        if sampling not in preprocess.SAMPLING:
+            raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(preprocess.SAMPLING)}")
+        self.samples = list(samples)
+        self.load = load
+        self.num_points = num_points
+        self.sampling = sampling
+        self.transform = transform
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.root = Path(root) if root is not None else None
+        self.counters = counters
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            points = self.points(path)
+        except (PointCloudUnusable, OSError, ValueError) as error:
+            warnings.warn(f"skipping point cloud {path}: {error}", SkippedPointCloudWarning, stacklevel=2)
+            self._count("skipped")
+            return None
+        if self.transform is not None:
+            points = self.transform(points)
+        return points, label
+
+    def points(self, path: Path) -> torch.Tensor:
+        """The cleaned, unit-sphere-normalized, sampled ``num_points x 3`` cloud of one file."""
+        if self.sampling == "fps":
+            cached = self._cache_read("fps", path)
+            if cached is not None:
+                return torch.from_numpy(cached)
+        raw = self._cache_read("raw", path)
+        if raw is None:
+            raw = np.asarray(self.load(path), dtype=np.float32)
+            self._cache_write("raw", path, raw)
+        points, dropped = preprocess.drop_non_finite(torch.from_numpy(raw))
+        if dropped:
+            warnings.warn(
+                f"dropped {dropped} non-finite of {raw.shape[0]} points in {path}", RepairedPointCloudWarning,
+                stacklevel=3,
+            )
+            self._count("repaired")
+        if preprocess.is_degenerate(points):
+            raise PointCloudUnusable("no finite points" if len(points) == 0 else "all points are identical")
+        points = preprocess.sample_points(preprocess.normalize_unit_sphere(points), self.num_points, self.sampling)
+        # FPS picks extremal points first, so the sample's centroid shifts: normalize again
+        points = preprocess.normalize_unit_sphere(points)
+        if self.sampling == "fps":
+            self._cache_write("fps", path, points.numpy())
+        return points
+
+    # --- cache --------------------------------------------------------------------------------------------
+
+    def _cache_path(self, kind: str, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        relative = path.relative_to(self.root) if self.root is not None and path.is_relative_to(self.root) else Path(
+            path.name
+        )
+        folder = "raw" if kind == "raw" else f"fps{self.num_points}"
+        return self.cache_dir / folder / relative.with_suffix(".npy")
+
+    def _cache_read(self, kind: str, path: Path) -> np.ndarray | None:
+        cache = self._cache_path(kind, path)
+        if cache is None or not cache.is_file():
+            return None
+        try:
+            return np.load(cache, allow_pickle=False)
+        except (OSError, ValueError):  # a damaged cache file: rebuild it from the source
+            return None
+
+    def _cache_write(self, kind: str, path: Path, array: np.ndarray) -> None:
+        cache = self._cache_path(kind, path)
+        if cache is None:
+            return
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            # write, then rename: concurrent DataLoader workers never read a half-written file
+            handle, tmp = tempfile.mkstemp(suffix=".npy", dir=cache.parent)
+            with os.fdopen(handle, "wb") as file:
+                np.save(file, array, allow_pickle=False)
+            os.replace(tmp, cache)
+        except OSError as error:  # e.g. a read-only dataset folder: go on without the cache
+            warnings.warn(f"point-cloud cache disabled, cannot write {cache}: {error}", RuntimeWarning, stacklevel=2)
+            self.cache_dir = None
+
+    def _count(self, key: str) -> None:
+        if self.counters is not None:
+            with self.counters[key].get_lock():
+                self.counters[key].value += 1
+
+
+def collate_skipping_none(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """default_collate after dropping the samples the dataset returned as None (skipped files).
+
+    A batch whose samples were all skipped comes out empty (zero rows); the task skips such batches.
+    """
+    kept = [sample for sample in samples if sample is not None]
+    if not kept:
+        return torch.empty(0, 0, 3), torch.empty(0, dtype=torch.long)
+    return default_collate(kept)
+
+
+def stratified_holdout(samples: Sequence[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
+    """Split ``samples`` into (kept, held out) with ``fraction`` of every class held out, deterministically."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    labels = np.array([label for _, label in samples])
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        chosen = set(rng.permutation(members)[: int(round(fraction * len(members)))].tolist())
+        for i in members:
+            (held if i in chosen else kept).append(samples[i])
+    return kept, held
+
+
+class ModelNet40DataModule(L.LightningDataModule):
+    """ModelNet-40 (raw ``.off`` meshes or ``modelnet40_normal_resampled``) and the mini set.
+
+    Args:
+        root: the dataset folder (see the module docstring for both layouts).
+        format: ``off``, ``resampled`` or ``auto`` (detected from the files under root).
+        num_classes: expected number of classes (checked); None infers it.
+        num_points: points per cloud (N).
+        sampling: ``fps`` (farthest-point, cached) or ``random`` (redrawn every time).
+        mesh_points: points sampled on every mesh surface before ``sampling`` (off format only).
+        cache, cache_dir: cache the raw / FPS-sampled points as .npy under cache_dir (default ``<root>/.cache``).
+        batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        val_fraction: 0 validates on the test split (ModelNet protocol); > 0 holds out that part of train.
+        augment: keyword arguments of ``preprocess.PointCloudAugment`` (rotation, up_axis, scale, translate,
+            jitter_sigma, jitter_clip); null disables train augmentation.
+        build_mini: generate the offline mini dataset at ``root`` if it is not there yet.
+        mini_seed: seed of that generation (and of the mesh sampling and the validation hold-out).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        format: str = "auto",
+        num_classes: int | None = None,
+        num_points: int = 1024,
+        sampling: str = "fps",
+        mesh_points: int = 10000,
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_fraction: float = 0.0,
+        augment: dict | None = None,
+        build_mini: bool = False,
+        mini_seed: int = 0,
+    ):
+        super().__init__()
+        if format not in FORMATS:
+            raise ValueError(f"unknown point-cloud format {format!r}; valid choices: {', '.join(FORMATS)}")
+        if sampling not in preprocess.SAMPLING:
+            raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(preprocess.SAMPLING)}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = Path(root)
+        self.format = format
+        self._num_classes = num_classes
+        self.num_points = num_points
+        self.sampling = sampling
+        self.mesh_points = mesh_points
+        self.cache_dir = (Path(cache_dir) if cache_dir else self.root / ".cache") if cache else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.val_fraction = val_fraction
+        self.augment = dict(augment) if augment else None
+        self.build_mini = build_mini
+        self.mini_seed = mini_seed
+        self.datasets: dict[str, PointCloudDataset] = {}
+        self._listing: tuple[list[str], dict] | None = None
+        self._counters: dict | None = None
+
+    # --- what the task and the harness read -----------------------------------------------------------
+
+    @property
+    def in_chans(self) -> int:
+        """C' of the adapter's output (three views)."""
+        return 3
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._list()[0]
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is not None:
+            return self._num_classes
+        return len(self.class_names)
+
+    @property
+    def skipped_clouds(self) -> int:
+        """Files skipped so far (all splits, all DataLoader workers of this process)."""
+        return 0 if self._counters is None else int(self._counters["skipped"].value)
+
+    @property
+    def repaired_clouds(self) -> int:
+        """Clouds whose non-finite points were dropped so far."""
+        return 0 if self._counters is None else int(self._counters["repaired"].value)
+
+    skipped_inputs = skipped_clouds
+
+    # --- LightningDataModule hooks ---------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.build_mini and not mini.is_complete(self.root, self.mini_seed):
+            mini.build_mini(self.root, seed=self.mini_seed)
+        self._list()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._counters is None:
+            self._counters = {"skipped": multiprocessing.Value("i", 0), "repaired": multiprocessing.Value("i", 0)}
+        names, samples = self._list()
+        if self._num_classes is not None and len(names) != self._num_classes:
+            raise ValueError(
+                f"{self.root} has {len(names)} classes but data.num_classes is {self._num_classes}; "
+                "fix data.num_classes (or set it to null to infer it)"
+            )
+        train, val = samples["train"], samples["test"]
+        if self.val_fraction > 0:
+            train, val = stratified_holdout(samples["train"], self.val_fraction, self.mini_seed)
+        splits = {"train": train, "val": val, "test": samples["test"]}
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")):
+            if split not in self.datasets:
+                if not splits[split]:
+                    raise FileNotFoundError(DATASET_HELP.format(missing=f"{self.root}: no {split} samples"))
+                self.datasets[split] = self.dataset(splits[split], train=split == "train")
+
+    def dataset(self, samples: Sequence[tuple[Path, int]], train: bool = False) -> PointCloudDataset:
+        """A dataset over ``samples`` with this DataModule's loading, sampling and (for train) augmentation."""
+        transform = preprocess.PointCloudAugment(**self.augment) if train and self.augment else None
+        # random sampling draws new points each time; evaluation keeps them fixed (FPS) for stable scores
+        sampling = self.sampling if train else "fps"
+        if self._resolved_format() == "resampled":
+            load, tag = load_text_points, "resampled"
+        else:  # the sampled surface points depend on their number and seed: one cache per setting
+            load, tag = _MeshLoader(self.mesh_points, self.mini_seed), f"mesh{self.mesh_points}_seed{self.mini_seed}"
+        cache = self.cache_dir / tag if self.cache_dir is not None else None
+        return PointCloudDataset(samples, load, self.num_points, sampling, transform, cache, self.root, self._counters)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        # full batches only: BatchNorm in the projector dislikes a last batch of one or two clouds
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=len(dataset) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], self.eval_batch_size)
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _resolved_format(self) -> str:
+        return detect_format(self.root) if self.format == "auto" else self.format
+
+    def _list(self) -> tuple[list[str], dict]:
+        if self._listing is None:
+            if not self.root.exists():
+                raise FileNotFoundError(DATASET_HELP.format(missing=self.root))
+            lister = list_resampled_samples if self._resolved_format() == "resampled" else list_off_samples
+            self._listing = lister(self.root)
+        return self._listing
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_skipping_none,
+        )
+
+
+class _MeshLoader:
+    """Picklable ``path -> points`` for meshes (DataLoader workers may be spawned)."""
+
+    def __init__(self, mesh_points: int, seed: int):
+        self.mesh_points = mesh_points
+        self.seed = seed
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return load_mesh_points(path, self.mesh_points, self.seed)
