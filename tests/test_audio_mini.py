@@ -88,8 +88,8 @@ def test_torchaudio_speechcommands_lists_it(small_mini):
     path, rate, label, speaker, n = test.get_metadata(0)
     assert rate == 16000 and label in SMALL["words"] and n in (0, 1)
     assert (small_mini / "SpeechCommands" / path).is_file() and NAME.match(Path(path).name).group(1) == speaker
-    sizes = [len(torchaudio.datasets.SPEECHCOMMANDS(root=str(small_mini), subset=s)) for s in
-             ("training", "validation", "testing")]  # fmt: skip
+    subsets = ("training", "validation", "testing")
+    sizes = [len(torchaudio.datasets.SPEECHCOMMANDS(root=str(small_mini), subset=s)) for s in subsets]
     assert sizes == [24, 12, 12]
     assert len(torchaudio.datasets.SPEECHCOMMANDS(root=str(small_mini))) == 48  # _background_noise_ excluded
 

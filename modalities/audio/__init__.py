@@ -2,11 +2,13 @@
 
 - ``preprocess``: ``fbank_features`` (the AST recipe) and the train-time augmentations.
 - ``adapter``: ``SpectrogramAdapter``, B x T x F -> B x 1 x T x F (C' = 1).
-- ``mini``: ``build_mini``, an offline espeak-ng mini dataset in the real Speech Commands layout.
+- ``datamodule``: ``SpeechCommandsDataModule``, the real dataset in its real on-disk layout.
+- ``mini``: ``build_mini``, an offline espeak-ng mini dataset in the same layout.
 """
 
 from .adapter import SpectrogramAdapter
+from .datamodule import SpeechCommandsDataModule
 from .mini import build_mini
 from .preprocess import fbank_features
 
-__all__ = ["SpectrogramAdapter", "build_mini", "fbank_features"]
+__all__ = ["SpectrogramAdapter", "SpeechCommandsDataModule", "build_mini", "fbank_features"]

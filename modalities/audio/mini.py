@@ -53,10 +53,9 @@ DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop"
 
 # Voice variants (espeak-ng-data/voices/!v) that sound like plausible human voices (no whisper, croak, robots),
 # and English accents (espeak-ng-data/lang/gmw). A speaker combines one of each with a pitch and a rate.
-VOICE_VARIANTS = (
-    "f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
-    "klatt", "klatt2", "klatt3", "klatt4", "robert", "paul", "linda",
-)  # fmt: skip
+VOICE_VARIANTS = tuple(
+    "f1 f2 f3 f4 f5 m1 m2 m3 m4 m5 m6 m7 m8 klatt klatt2 klatt3 klatt4 robert paul linda".split()
+)
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 
 SAMPLE_RATE = 16000
@@ -154,10 +153,9 @@ class _Espeak:
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
+        # espeak_Synth(text, size, position, position_type, end_position, flags, unique_identifier, user_data)
+        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int]
+        lib.espeak_Synth.argtypes += [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         # 2 = AUDIO_OUTPUT_SYNCHRONOUS: espeak_Synth returns when all audio went through the callback.
         self.sample_rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
         if self.sample_rate <= 0:
@@ -388,8 +386,16 @@ def build_mini(
         tasks = []
         for word in words:
             (tmp / word).mkdir()
-            tasks.append({"word": word, "seed": int(seed), "folder": str(tmp / word), "speakers": speakers,
-                          "rate_offsets": rate_offsets, "snr_db": tuple(params["snr_db"])})  # fmt: skip
+            tasks.append(
+                {
+                    "word": word,
+                    "seed": int(seed),
+                    "folder": str(tmp / word),
+                    "speakers": speakers,
+                    "rate_offsets": rate_offsets,
+                    "snr_db": tuple(params["snr_db"]),
+                }
+            )
         workers = workers or min(2, os.cpu_count() or 1)
         with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
             written = pool.map(_build_word, tasks, chunksize=1)

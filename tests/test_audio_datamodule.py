@@ -1,0 +1,236 @@
+"""Tests of the Speech Commands DataModule: real layout, splits, targets, train-only augmentation, bad inputs."""
+
+import gc
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from modalities.audio import SpeechCommandsDataModule, build_mini, fbank_features
+from modalities.audio.datamodule import BadAudioFileWarning, load_clip
+from modalities.audio.mini import MINI_ROOT
+
+SMALL = dict(words=("yes", "no", "up"), num_speakers=8, clips_per_speaker=2, num_val_speakers=2, num_test_speakers=2)
+NO_AUGMENT = dict(mixup=0.0, freq_mask=0, time_mask=0, noise_scale=0.0, roll_frames=0)
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory) -> Path:
+    return build_mini(tmp_path_factory.mktemp("audio") / "mini", seed=0, **SMALL)
+
+
+@pytest.fixture
+def copied_root(mini_root, tmp_path) -> Path:
+    """A private copy of the small mini (tests that add bad files must not touch the shared one)."""
+    shutil.copytree(mini_root, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def base_of(root: Path) -> Path:
+    return root / "SpeechCommands" / "speech_commands_v0.02"
+
+
+def speaker(path: str) -> str:
+    return Path(path).name.split("_nohash_")[0]
+
+
+def test_classes_splits_and_metadata(mini_root):
+    dm = SpeechCommandsDataModule(root=mini_root, batch_size=4)
+    assert dm.class_names == ["no", "up", "yes"] and dm.num_classes == 3 and dm.in_chans == 1
+    dm.setup()
+    sizes = {split: len(files) for split, files in dm.split_files.items()}
+    assert sizes == {"training": 24, "validation": 12, "testing": 12}
+    speakers = {split: {speaker(f) for f, _ in files} for split, files in dm.split_files.items()}
+    assert not (speakers["training"] & speakers["validation"]) and not (speakers["training"] & speakers["testing"])
+    assert not (speakers["validation"] & speakers["testing"])
+    # Same split as torchaudio's reader of the layout.
+    listed = torchaudio.datasets.SPEECHCOMMANDS(root=str(mini_root), subset="testing")
+    assert sorted(Path(listed.get_metadata(i)[0]).as_posix() for i in range(len(listed))) == sorted(
+        Path(f).relative_to(mini_root / "SpeechCommands").as_posix() for f, _ in dm.split_files["testing"]
+    )
+    for path, label in dm.split_files["validation"]:
+        assert Path(path).parent.name == dm.class_names[label]
+    assert dm.skipped_files == []
+
+
+def test_class_subset(mini_root):
+    dm = SpeechCommandsDataModule(root=mini_root, classes=["yes", "up"])
+    assert dm.class_names == ["yes", "up"] and dm.num_classes == 2
+    dm.setup("fit")
+    assert {Path(f).parent.name for f, _ in dm.split_files["training"]} == {"yes", "up"}
+    x, y = dm.dataset("validation")[0]
+    assert y.shape == (2,)
+    with pytest.raises(ValueError, match="missing: \\['stop'\\]"):
+        SpeechCommandsDataModule(root=mini_root, classes=["yes", "stop"]).class_names
+
+
+def test_batches_have_the_contract_shapes(mini_root):
+    dm = SpeechCommandsDataModule(root=mini_root, batch_size=5, num_workers=0)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (5, 128, 128) and x.dtype == torch.float32
+    assert y.shape == (5, 3) and y.dtype == torch.float32
+    torch.testing.assert_close(y.sum(1), torch.ones(5))
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (5, 128, 128) and ((y == 0) | (y == 1)).all() and (y.sum(1) == 1).all()
+
+
+def test_workers_are_persistent_and_produce_the_same_items(mini_root):
+    dm = SpeechCommandsDataModule(root=mini_root, batch_size=6, num_workers=2)
+    dm.setup("validate")
+    loader = dm.val_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    batches = list(loader)
+    x, y = batches[0]
+    plain = SpeechCommandsDataModule(root=mini_root, batch_size=6)
+    plain.setup("validate")
+    x0, y0 = next(iter(plain.val_dataloader()))
+    torch.testing.assert_close(x, x0)
+    torch.testing.assert_close(y, y0)
+    # Shut the persistent workers down here: left to the cyclic GC during a later test, torch's worker shutdown
+    # waits out its 5 s join timeout per worker.
+    del loader, batches
+    gc.collect()
+
+
+def test_augmentation_is_train_only(mini_root):
+    torch.manual_seed(0)
+    dm = SpeechCommandsDataModule(root=mini_root, mixup=0.6)  # paper-scale augmentation otherwise
+    dm.setup()
+    val = dm.dataset("validation")
+    path, label = dm.split_files["validation"][3]
+    x, y = val[3]
+    torch.testing.assert_close(x, fbank_features(load_clip(path), 16000), rtol=0, atol=0)
+    assert torch.equal(val[3][0], x) and int(y.argmax()) == label
+    test_x, _ = dm.dataset("testing")[0]
+    torch.testing.assert_close(test_x, fbank_features(load_clip(dm.split_files["testing"][0][0]), 16000))
+
+    train = dm.dataset("training")
+    path, label = dm.split_files["training"][2]
+    plain = fbank_features(load_clip(path), 16000)
+    draws = [train[2][0] for _ in range(3)]
+    assert all((d - plain).abs().mean() > 0.01 for d in draws)
+    assert not torch.equal(draws[0], draws[1])
+    # With every augmentation switched off, a training item is the plain features too.
+    quiet = SpeechCommandsDataModule(root=mini_root, **NO_AUGMENT)
+    torch.testing.assert_close(quiet.dataset("training")[2][0], plain, rtol=0, atol=0)
+
+
+def test_mixup_soft_labels(mini_root):
+    torch.manual_seed(1)
+    dm = SpeechCommandsDataModule(root=mini_root, batch_size=24, **{**NO_AUGMENT, "mixup": 1.0})
+    dm.setup("fit")
+    _, y = next(iter(dm.train_dataloader()))
+    torch.testing.assert_close(y.sum(1), torch.ones(len(y)))
+    assert ((y >= 0) & (y <= 1)).all()
+    mixed = (y > 0).sum(1) == 2  # partner of another class: two non-zero entries lam, 1 - lam
+    assert mixed.sum() >= 5
+    lam = y[mixed].max(1).values
+    assert ((lam > 0.5) & (lam < 0.95)).all()  # Beta(10, 10) is concentrated around 0.5
+
+
+def test_bad_inputs_are_skipped_or_handled(copied_root):
+    base = base_of(copied_root)
+    good = sorted((base / "yes").glob("*.wav"))[0]
+    (base / "yes" / "empty0000_nohash_0.wav").write_bytes(b"")
+    (base / "yes" / "trunchead_nohash_0.wav").write_bytes(good.read_bytes()[:30])
+    (base / "no" / "notawav00_nohash_0.wav").write_text("this is a text file, not audio\n")
+    # Readable but odd: data cut mid-way (shorter clip), and a stereo 44.1 kHz 1.5 s recording.
+    (base / "no" / "truncdata_nohash_0.wav").write_bytes(good.read_bytes()[:10000])
+    clip, _ = sf.read(str(good), dtype="float32")
+    at_44k = torchaudio.functional.resample(torch.from_numpy(clip), 16000, 44100).numpy()
+    quarter = np.zeros(44100 // 4, dtype=np.float32)
+    long_stereo = np.stack([np.concatenate([quarter, at_44k, quarter])] * 2, axis=1)  # (N, 2)
+    sf.write(str(base / "up" / "stereo441_nohash_0.wav"), long_stereo, 44100)
+
+    dm = SpeechCommandsDataModule(root=copied_root, **NO_AUGMENT)
+    with pytest.warns(BadAudioFileWarning) as record:
+        dm.setup()
+    messages = " ".join(str(w.message) for w in record)
+    for name in ("empty0000", "trunchead", "notawav00"):
+        assert name in messages
+    assert "truncdata" not in messages and "stereo441" not in messages
+    assert len(dm.skipped_files) == 3
+    assert {Path(p).name.split("_")[0] for p, _ in dm.skipped_files} == {"empty0000", "trunchead", "notawav00"}
+    reasons = dict((Path(p).name.split("_")[0], r) for p, r in dm.skipped_files)
+    assert reasons["empty0000"] == "empty file" and reasons["notawav00"].startswith("unreadable")
+
+    train = dm.dataset("training")
+    names = [Path(f).name for f in train.files]
+    stereo_x, stereo_y = train[names.index("stereo441_nohash_0.wav")]
+    assert stereo_x.shape == (128, 128) and int(stereo_y.argmax()) == dm.class_names.index("up")
+    # Downmixed, resampled to 16 kHz and centre-cut to 1 s: the same features as the original clip.
+    assert (stereo_x - fbank_features(torch.from_numpy(clip), 16000)).abs().mean() < 0.02
+    short_x, _ = train[names.index("truncdata_nohash_0.wav")]
+    assert short_x.shape == (128, 128)
+
+    # The whole epoch runs.
+    loader = SpeechCommandsDataModule(root=copied_root, batch_size=8, **NO_AUGMENT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadAudioFileWarning)
+        loader.setup("fit")
+    assert sum(len(x) for x, _ in loader.train_dataloader()) == 24 + 2
+
+
+def test_file_broken_after_setup_is_replaced_by_the_next_item(copied_root):
+    dm = SpeechCommandsDataModule(root=copied_root)
+    dm.setup("validate")
+    val = dm.dataset("validation")
+    expected = val[4]
+    Path(val.files[3]).write_text("garbage")
+    with pytest.warns(BadAudioFileWarning, match=re.escape(Path(val.files[3]).name)):
+        x, y = val[3]
+    torch.testing.assert_close(x, expected[0])
+    torch.testing.assert_close(y, expected[1])
+
+
+def test_wrong_layout_fails_fast_with_the_expected_layout(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        SpeechCommandsDataModule(root=tmp_path / "nowhere").setup()
+    message = str(err.value)
+    needles = ["speech_commands_v0.02", "<word>/<speaker>_nohash_<n>.wav", "validation_list.txt"]
+    needles += ["SPEECHCOMMANDS(root, download=True)", "speech_commands_v0.02.tar.gz"]
+    for needle in needles:
+        assert needle in message
+    words_only = base_of(tmp_path / "nolists") / "yes"
+    words_only.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="lacks validation_list.txt, testing_list.txt"):
+        SpeechCommandsDataModule(root=tmp_path / "nolists").num_classes
+
+
+def test_constructor_takes_plain_values_and_mini_root_logic(mini_root):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"root": str(mini_root), "classes": ["no", "yes"], "background_snr_db": [0, 10]})
+    dm = SpeechCommandsDataModule(**cfg)
+    assert dm.class_names == ["no", "yes"] and dm.augment_kwargs["background_snr_db"] == (0.0, 10.0)
+    assert dm.hparams["batch_size"] == 32
+    assert SpeechCommandsDataModule().builds_mini and SpeechCommandsDataModule().root == MINI_ROOT
+    assert not SpeechCommandsDataModule(root=mini_root).builds_mini
+    assert SpeechCommandsDataModule(root=mini_root, build_mini=True).builds_mini
+
+
+def test_background_noise_mixing(mini_root):
+    torch.manual_seed(0)
+    dm = SpeechCommandsDataModule(root=mini_root, **NO_AUGMENT, background_noise_prob=1.0)
+    train = dm.dataset("training")
+    assert len(train.background_noises) == 5
+    plain = fbank_features(load_clip(train.files[0]), 16000)
+    assert (train[0][0] - plain).abs().mean() > 0.01
+
+
+@pytest.mark.slow
+def test_prepare_data_builds_the_default_mini(tmp_path):
+    dm = SpeechCommandsDataModule(root=tmp_path, build_mini=True)
+    dm.prepare_data()
+    assert dm.num_classes == 10
+    dm.setup()
+    speakers = {split: {speaker(f) for f, _ in files} for split, files in dm.split_files.items()}
+    assert [len(speakers[s]) for s in ("training", "validation", "testing")] == [28, 6, 6]
+    assert [len(dm.split_files[s]) for s in ("training", "validation", "testing")] == [560, 120, 120]
