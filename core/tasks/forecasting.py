@@ -1,0 +1,248 @@
+"""Forecasting task: a modality's forecaster (adapter -> backbone inside) trained with a masked MSE / MAE loss.
+
+Built only from plain values, so ``ForecastingTask.load_from_checkpoint(path)`` works anywhere, without Hydra:
+
+- ``model``: ``{"class_path": "package.module.Class", "init_args": {...}}``. The class is called as
+  ``Class(adapter=<module>, backbone=<module>, **data_info, **init_args)``: the task builds the adapter (import
+  path + arguments) and the backbone (``core.create_backbone(..., in_chans=adapter.out_chans, num_classes=0)``,
+  a feature extractor) and hands them in; ``data_info`` holds the DataModule's data-dependent arguments (number
+  of series, window lengths, ...). The model maps a batch's ``inputs`` to the forecast, shaped like ``target``.
+- Missing targets (NaN) are masked out of the loss and the metrics, and counted (``*/masked_targets``).
+- Metrics: MSE and MAE over every observed target value, logged as ``val/mse``, ``test/mae`` ...; with
+  ``value_scale`` != 1 (data stored in scaled units, e.g. x10) also in physical units (``test/mse_phys`` =
+  MSE / scale^2, ``test/mae_phys`` = MAE / scale). After ``reparameterize()`` test metrics get a ``_deploy`` suffix.
+- Baselines: if the DataModule has a ``baselines`` mapping (name -> module with the model's interface), the test
+  loop evaluates them on the same batches and masks: ``test/mse_<name>``, ``test/mae_<name>`` (and ``_phys``),
+  plus ``test/mse_best_baseline`` and ``test/mse_gain_vs_best_baseline`` = 1 - MSE / best baseline MSE.
+- Optimizers and per-step LR schedules from ``core.tasks.optim`` (the paper's "Adam, LR halved every epoch" is
+  ``optimizer={"name": "adam", "weight_decay": 0}``, ``scheduler={"name": "step", "gamma": 0.5, "start_epoch": 1}``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from core import create_backbone, reparameterize
+from core.tasks.builders import build_adapter, import_object, to_plain
+from core.tasks.optim import build_optimizer, build_scheduler
+
+LOSSES = ("mse", "mae")
+
+
+class ForecastErrors(Metric):
+    """Sums of squared and absolute errors over the observed (finite) targets, and the count of masked ones."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        for name in ("squared", "absolute", "observed", "masked"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, forecast: Tensor, target: Tensor) -> None:
+        mask = torch.isfinite(target)
+        error = (forecast.double() - target.double())[mask]
+        self.squared += error.square().sum()
+        self.absolute += error.abs().sum()
+        self.observed += mask.sum()
+        self.masked += (~mask).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        count = self.observed.clamp_min(1)
+        return {"mse": self.squared / count, "mae": self.absolute / count, "masked_targets": self.masked}
+
+
+def masked_loss(forecast: Tensor, target: Tensor, kind: str = "mse") -> tuple[Tensor, Tensor]:
+    """Mean squared (or absolute) error over the finite targets; returns (loss, number of observed values)."""
+    mask = torch.isfinite(target)
+    error = torch.where(mask, forecast - torch.nan_to_num(target), torch.zeros_like(forecast))
+    per_value = error.square() if kind == "mse" else error.abs()
+    observed = mask.sum()
+    return per_value.sum() / observed.clamp_min(1), observed
+
+
+class ForecastingTask(L.LightningModule):
+    """A forecaster trained and evaluated with masked errors, next to the DataModule's baselines.
+
+    Args:
+        model: ``{"class_path": ..., "init_args": {...}}`` of the forecaster (see the module docstring).
+        backbone: ``{"name": <core.list_backbones() name>, **create_backbone keyword arguments}``.
+        adapter: ``{"class_path": ..., "init_args": {...}}``; its ``out_chans`` becomes the backbone's ``in_chans``.
+        data_info: the DataModule's data-dependent model arguments (``datamodule.data_info``).
+        value_scale: stored units per physical unit (``datamodule.value_scale``).
+        loss: ``"mse"`` or ``"mae"``.
+        optimizer: ``core.tasks.optim.build_optimizer`` arguments.
+        scheduler: ``core.tasks.optim.lr_multiplier`` arguments; None: constant LR.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        backbone: dict,
+        adapter: dict,
+        data_info: dict,
+        value_scale: float = 1.0,
+        loss: str = "mse",
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
+        model, backbone, adapter, data_info = to_plain(model), to_plain(backbone), to_plain(adapter), to_plain(data_info)
+        optimizer, scheduler = to_plain(optimizer), to_plain(scheduler)
+        self.save_hyperparameters(
+            {
+                "model": model, "backbone": backbone, "adapter": adapter, "data_info": data_info,
+                "value_scale": value_scale, "loss": loss, "optimizer": optimizer, "scheduler": scheduler,
+            }
+        )
+        if not isinstance(model, dict) or "class_path" not in model or set(model) - {"class_path", "init_args"}:
+            raise ValueError(f"model needs 'class_path' and optional 'init_args', got {model!r}")
+        reserved = {"in_chans", "num_classes"} & set(backbone)
+        if "name" not in backbone or reserved:
+            raise ValueError(f"backbone needs 'name' and may not set {sorted(reserved)} (the task sets them)")
+        init_args = dict(model.get("init_args") or {})
+        clash = sorted(set(init_args) & (set(data_info) | {"adapter", "backbone"}))
+        if clash:
+            raise ValueError(f"model init_args may not set {clash}: they come from the data / the task")
+
+        adapter_module = build_adapter(adapter)
+        backbone_kwargs = {key: value for key, value in backbone.items() if key != "name"}
+        backbone_module = create_backbone(
+            backbone["name"], in_chans=adapter_module.out_chans, num_classes=0, **backbone_kwargs
+        )
+        self.model = import_object(model["class_path"])(
+            adapter=adapter_module, backbone=backbone_module, **data_info, **init_args
+        )
+        self.value_scale = float(value_scale)
+        self.loss_name = loss
+        self.optimizer_args = dict(optimizer or {})
+        self.scheduler_args = dict(scheduler) if scheduler else None
+        self.deployed = False
+        self.val_errors = ForecastErrors()
+        self.test_errors = ForecastErrors()
+        self._baselines: dict[str, nn.Module] = {}
+        self._baseline_errors: dict[str, ForecastErrors] = {}
+
+    # --- model ---------------------------------------------------------------------------------------------
+
+    @property
+    def adapter(self) -> nn.Module:
+        return self.model.adapter
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """A batch's inputs -> the forecast (shaped like the target)."""
+        return self.model(inputs)
+
+    def reparameterize(self) -> "ForecastingTask":
+        """Switch the backbone to its deploy structure (in place, idempotent); call in eval mode.
+
+        Afterwards the test metrics are logged as ``test/<name>_deploy``.
+        """
+        reparameterize(self)
+        self.deployed = True
+        return self
+
+    @classmethod
+    def load_deploy(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ForecastingTask":
+        """Rebuild a task from deploy weights saved by the harness (``{"hyper_parameters", "state_dict"}``)."""
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        task = cls(**payload["hyper_parameters"]).eval().reparameterize()
+        task.load_state_dict(payload["state_dict"])
+        return task
+
+    # --- steps ---------------------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int):
+        inputs, target = batch
+        forecast = self(inputs)
+        loss, observed = masked_loss(forecast, target, self.loss_name)
+        masked = target.numel() - observed
+        self.log("train/masked_targets", masked.float(), on_step=False, on_epoch=True, reduce_fx="sum")
+        if observed == 0:  # every target of the batch is missing
+            return None
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(target))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        inputs, target = batch
+        forecast = self(inputs)
+        loss, _ = masked_loss(forecast, target, self.loss_name)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target))
+        self.val_errors.update(forecast, target)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_errors("val", "", self.val_errors, prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._baselines, self._baseline_errors = {}, {}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.deployed or datamodule is None:
+            return
+        for name, baseline in (getattr(datamodule, "baselines", None) or {}).items():
+            self._baselines[name] = baseline.to(self.device).eval()
+            self._baseline_errors[name] = ForecastErrors().to(self.device)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        inputs, target = batch
+        self.test_errors.update(self(inputs), target)
+        for name, baseline in self._baselines.items():
+            self._baseline_errors[name].update(baseline(inputs), target)
+
+    def on_test_epoch_end(self) -> None:
+        suffix = "_deploy" if self.deployed else ""
+        model_mse = self._log_errors("test", suffix, self.test_errors)
+        baseline_mse = {name: self._log_errors("test", f"_{name}", errors) for name, errors in self._baseline_errors.items()}
+        if baseline_mse:
+            best = min(baseline_mse.values())
+            self.log("test/mse_best_baseline", best)
+            self.log("test/mse_gain_vs_best_baseline", 1.0 - model_mse / best if best > 0 else math.nan)
+        self._baselines, self._baseline_errors = {}, {}
+
+    def _log_errors(self, stage: str, suffix: str, errors: ForecastErrors, prog_bar: bool = False) -> float:
+        """Log mse / mae (and their physical-unit versions) of one source; returns the MSE."""
+        values = errors.compute()
+        errors.reset()
+        mse, mae = float(values["mse"]), float(values["mae"])
+        self.log(f"{stage}/mse{suffix}", mse, prog_bar=prog_bar)
+        self.log(f"{stage}/mae{suffix}", mae)
+        if self.value_scale != 1.0:
+            self.log(f"{stage}/mse{suffix}_phys", mse / self.value_scale**2)
+            self.log(f"{stage}/mae{suffix}_phys", mae / self.value_scale)
+        if not suffix or suffix == "_deploy":
+            self.log(f"{stage}/masked_targets{suffix}", float(values["masked_targets"]))
+        return mse
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(inputs)
+
+    # --- optimization --------------------------------------------------------------------------------------
+
+    def _steps_per_epoch(self) -> tuple[int, int]:
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)  # also makes num_training_batches known
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            return max(1, total), max(1, total)
+        per_epoch = max(1, math.ceil(batches / max(1, trainer.accumulate_grad_batches)))
+        return per_epoch, max(1, total)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self, **self.optimizer_args)
+        if not self.scheduler_args:
+            return optimizer
+        steps_per_epoch, total_steps = self._steps_per_epoch()
+        scheduler = build_scheduler(optimizer, steps_per_epoch, total_steps, **self.scheduler_args)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
