@@ -1,0 +1,243 @@
+"""The steps behind ``experiments/run.py``: check the composed config, build callbacks and loggers, test and
+deploy-test the trained task, write ``results.json``.
+
+Nothing here knows a modality: pieces are matched by the rule that a modality ``m`` keeps its DataModule and
+adapter in the package ``modalities.m``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import core
+from core.tasks import count_parameters
+from experiments.callbacks import RunStats
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+RESULTS_FILE = "results.json"
+
+
+class ConfigError(ValueError):
+    """The composed pieces do not fit together (wrong modality, unknown backbone, missing resume point)."""
+
+
+# --- checks --------------------------------------------------------------------------------------------
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (the yaml files under experiments/configs/<group>/)."""
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _options_for_modality(group: str, key: str, modality: str) -> list[str]:
+    """Options of ``group`` whose import path ``key`` lies in ``modalities.<modality>``."""
+    found = []
+    for name in group_options(group):
+        node = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+        if str(node.get(key, "")).startswith(f"modalities.{modality}."):
+            found.append(name)
+    return found
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, with the valid choices, when the composed pieces do not agree."""
+    modality = cfg.modality.get("name") if cfg.get("modality") else None
+    if not modality:
+        raise ConfigError(f"choose a modality: modality=<one of {', '.join(group_options('modality'))}>")
+    for group, key in (("data", "_target_"), ("adapter", "class_path")):
+        node = cfg.get(group)
+        if node is None or key not in node:
+            raise ConfigError(f"modality={modality} selected no {group} config ({group}/<name>.yaml with '{key}')")
+        target = str(node[key])
+        if not target.startswith(f"modalities.{modality}."):
+            owner = target.split(".")[1] if target.startswith("modalities.") else target
+            valid = ", ".join(_options_for_modality(group, key, modality)) or "none yet"
+            raise ConfigError(
+                f"{group} config '{_choice(group)}' ({target}) belongs to modality '{owner}', but modality={modality}; "
+                f"{group} options for {modality}: {valid}"
+            )
+    name = cfg.backbone.name
+    if name not in core.list_backbones():
+        raise ConfigError(f"unknown backbone {name!r}; valid choices: {', '.join(core.list_backbones())}")
+
+
+def check_task_fits_data(task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """The adapter's output channels C' must be what the DataModule announces as ``in_chans``."""
+    adapter = getattr(task, "adapter", None)
+    if adapter is not None and hasattr(datamodule, "in_chans") and adapter.out_chans != datamodule.in_chans:
+        raise ConfigError(
+            f"adapter {type(adapter).__name__} outputs C'={adapter.out_chans} channels but "
+            f"{type(datamodule).__name__} announces in_chans={datamodule.in_chans}"
+        )
+
+
+def _choice(group: str) -> str:
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group))
+    return "?"
+
+
+# --- building ------------------------------------------------------------------------------------------
+
+
+def build_task(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    """Instantiate ``cfg.task``; keys left as ``???`` are taken from the DataModule attribute of that name."""
+    from_data = {}
+    for key in cfg.task:
+        if OmegaConf.is_missing(cfg.task, key):
+            if not hasattr(datamodule, key):
+                raise ConfigError(f"task.{key} is ??? but {type(datamodule).__name__} has no attribute {key!r}")
+            from_data[key] = getattr(datamodule, key)
+    return instantiate(cfg.task, _convert_="all", **from_data)
+
+
+def instantiate_group(node: DictConfig | None) -> list:
+    """Instantiate every entry (callbacks, loggers) of a ``name: {_target_: ...}`` mapping; null entries are off."""
+    if not node:
+        return []
+    return [instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
+
+
+def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last`` -> ``<run_dir>/checkpoints/last.ckpt`` (must exist); any other value is used as given."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(
+            f"ckpt_path=last: there is no {last}. Resume in the interrupted run's directory: "
+            "ckpt_path=last hydra.run.dir=<that run dir>"
+        )
+    return str(last)
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+# --- evaluation ------------------------------------------------------------------------------------------
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path if path and Path(path).is_file() else None
+
+
+@torch.no_grad()
+def _max_logit_diff(before: torch.nn.Module, after: torch.nn.Module, datamodule) -> float | None:
+    """Largest |logit difference| of the two models on the first test batch (deploy equivalence check)."""
+    for inputs, target in datamodule.test_dataloader():
+        if len(target):
+            device = next(after.parameters()).device
+            inputs = inputs.to(device)
+            return float((before(inputs) - after(inputs)).abs().max())
+    return None
+
+
+def test_and_deploy(trainer: L.Trainer, task, datamodule, run_dir: Path, deploy: bool = True) -> dict:
+    """Test the best checkpoint; then re-parameterize, test again and save the deploy weights.
+
+    Returns the test metrics of both passes (``test/acc`` and ``test/acc_deploy`` ...), the parameter counts
+    of both structures and the deploy equivalence check (max |logit difference| on one test batch).
+    """
+    best = _best_checkpoint(trainer)
+    out: dict[str, Any] = {"tested_checkpoint": best}
+    out.update(trainer.test(task, datamodule=datamodule, ckpt_path=best)[0])
+    out["params_train"] = count_parameters([task])
+    if not deploy or not hasattr(task, "reparameterize"):
+        return out
+    task.eval()
+    trained = copy.deepcopy(task)
+    task.reparameterize()
+    out.update(trainer.test(task, datamodule=datamodule)[0])
+    out["params_deploy"] = count_parameters([task])
+    out["deploy_max_logit_diff"] = _max_logit_diff(trained, task, datamodule)
+    if trainer.is_global_zero:
+        path = run_dir / "checkpoints" / "deploy.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
+        out["deploy_weights"] = str(path)
+    return out
+
+
+# --- results ----------------------------------------------------------------------------------------------
+
+
+def git_state() -> dict:
+    """Commit of the working tree the run came from, and whether it had uncommitted changes."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=CONFIG_DIR, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metrics: dict, run_dir: Path) -> dict:
+    """One flat record per run (see experiments/results.py for reading them back)."""
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    backbone = getattr(task, "backbone", None)
+    stats = next((cb for cb in trainer.callbacks if isinstance(cb, RunStats)), None)
+    checkpoint = trainer.checkpoint_callback
+    record = {
+        "modality": cfg.modality.name,
+        "dataset": choices.get("data"),
+        "data_root": str(Path(cfg.data.root).resolve()) if cfg.data.get("root") is not None else None,
+        "experiment": choices.get("experiment"),
+        "backbone": cfg.backbone.name,
+        "kernel_sizes": core.backbone_kernel_sizes(backbone, cfg.backbone.name) if backbone is not None else None,
+        "num_classes": getattr(datamodule, "num_classes", None),
+        "in_chans": getattr(datamodule, "in_chans", None),
+        **metrics,
+        "best_val_score": checkpoint.best_model_score if checkpoint is not None else None,
+        "monitor": checkpoint.monitor if checkpoint is not None else None,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        **(stats.summary(trainer.world_size) if stats is not None else {}),
+        "skipped_inputs": getattr(datamodule, "skipped_images", None),
+        "seed": cfg.seed,
+        **git_state(),
+        "run_dir": str(run_dir.resolve()),
+        "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        "choices": choices,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    }
+    return _jsonable(record)
+
+
+def write_results(record: dict, run_dir: Path) -> Path:
+    path = run_dir / RESULTS_FILE
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
