@@ -232,5 +232,5 @@ def test_prepare_data_builds_the_default_mini(tmp_path):
     assert dm.num_classes == 10
     dm.setup()
     speakers = {split: {speaker(f) for f, _ in files} for split, files in dm.split_files.items()}
-    assert [len(speakers[s]) for s in ("training", "validation", "testing")] == [28, 6, 6]
-    assert [len(dm.split_files[s]) for s in ("training", "validation", "testing")] == [560, 120, 120]
+    assert [len(speakers[s]) for s in ("training", "validation", "testing")] == [44, 8, 8]
+    assert [len(dm.split_files[s]) for s in ("training", "validation", "testing")] == [880, 160, 160]

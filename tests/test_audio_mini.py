@@ -122,13 +122,13 @@ def test_other_seed_rebuilds_and_foreign_folders_are_protected(small_mini, tmp_p
 
 
 def test_default_speakers_and_split():
-    """The default mini: 40 speakers saying each word, 28/6/6 speaker-disjoint, every variant seen in training."""
-    speakers = make_speakers(40, seed=0)
-    assert len({s.id for s in speakers}) == 40 and len({s.voice for s in speakers}) >= 20
+    """The default mini: 60 speakers saying each word, 44/8/8 speaker-disjoint, every variant seen in training."""
+    speakers = make_speakers(60, seed=0)
+    assert len({s.id for s in speakers}) == 60 and len({s.voice for s in speakers}) >= 30
     assert make_speakers(12, seed=0) == speakers[:12]
-    split = split_speakers(speakers, num_val=6, num_test=6, seed=0)
+    split = split_speakers(speakers, num_val=8, num_test=8, seed=0)
     counts = {name: sum(v == name for v in split.values()) for name in ("training", "validation", "testing")}
-    assert counts == {"training": 28, "validation": 6, "testing": 6}
+    assert counts == {"training": 44, "validation": 8, "testing": 8}
     train_variants = {s.variant for s in speakers if split[s.id] == "training"}
     assert train_variants == set(VOICE_VARIANTS)
     with pytest.raises(ValueError):

@@ -13,9 +13,10 @@ background noise at a random SNR.
 
 Determinism: espeak-ng keeps internal synthesis state between utterances (the same call returns slightly different
 audio the second time in a process), so each word is synthesized in a fresh forked worker process, in a fixed
-order; everything random on the Python side comes from numpy generators seeded by ``(seed, word, speaker, clip)``.
-The same arguments therefore give the same bytes. The espeak library is process-global: it is initialized once per
-worker process (``_espeak()`` caches the handle) and never in the calling process.
+order; the noise sources of breathy voices (espeak's generator and libc ``rand``) are seeded per utterance, and
+everything random on the Python side comes from numpy generators seeded by ``(seed, word, speaker, clip)``. The same
+arguments therefore give the same bytes, whatever the number of workers. The espeak library is process-global: it
+is initialized once per worker process (``_espeak()`` caches the handle) and never in the calling process.
 """
 
 from __future__ import annotations
@@ -334,10 +335,10 @@ def build_mini(
     force: bool = False,
     *,
     words: Sequence[str] = DEFAULT_WORDS,
-    num_speakers: int = 40,
+    num_speakers: int = 60,
     clips_per_speaker: int = 2,
-    num_val_speakers: int = 6,
-    num_test_speakers: int = 6,
+    num_val_speakers: int = 8,
+    num_test_speakers: int = 8,
     snr_db: Sequence[float] = (10.0, 30.0),
     workers: int | None = None,
 ) -> Path:
