@@ -3,22 +3,24 @@
 ``<root>/<class>/{train,test}/<class>_<nnnn>.off``: triangle meshes of twelve classes of primitives and simple
 compositions, made with open3d. Several classes come in confusable pairs (box / flat_box, cylinder / capsule /
 hex_prism, cone / pyramid), so the model must see shape details, not only the overall extent. Every instance
-gets its own random non-uniform scale (per axis) and a uniformly random orientation. Numbering runs on from
-train to test, as in ModelNet-40 (``box_0001`` ... ``box_0080`` train, ``box_0081`` ... test).
+gets its own random non-uniform scale (per axis) and a random rotation: any heading about the vertical z axis
+and a tilt of up to 15 degrees, so the set is upright like ModelNet-40's shapes (and the Table 12 augmentation,
+rotation about the up axis, suits it). Numbering runs on from train to test, as in ModelNet-40 (``box_0001``
+... ``box_0080`` train, ``box_0081`` ... test).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from modalities.pointcloud.preprocess import random_rotation
+from modalities.pointcloud.preprocess import rotation_about_axis
 
 CLASSES = (
     "arrow",
@@ -36,8 +38,9 @@ CLASSES = (
 )
 SPLITS = {"train": 80, "test": 30}  # meshes per class
 SCALE_RANGE = (0.8, 1.25)  # per-axis scale of every instance: varied, yet a box never becomes a flat box
+MAX_TILT = math.radians(15)  # away from upright, about the x and the y axis
 MANIFEST = "mini_manifest.json"
-VERSION = 1
+VERSION = 2
 
 
 def _box(o3d, sx: float, sy: float, sz: float):
@@ -100,14 +103,20 @@ def base_mesh(name: str):
     raise ValueError(f"unknown mini point-cloud class {name!r}; valid choices: {', '.join(CLASSES)}")
 
 
+def instance_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A random heading about z, then a small random tilt about x and y (3 x 3)."""
+    heading = rotation_about_axis(rng.uniform(0, 2 * math.pi), 2)
+    tilt_x, tilt_y = (rotation_about_axis(rng.uniform(-MAX_TILT, MAX_TILT), axis) for axis in (0, 1))
+    return (tilt_y @ tilt_x @ heading).double().numpy()
+
+
 def make_instance(name: str, rng: np.random.Generator):
-    """One mesh of class ``name``: random per-axis scale, then a random orientation."""
+    """One mesh of class ``name``: random per-axis scale, then a random (near-upright) orientation."""
     import open3d as o3d
 
     mesh = base_mesh(name)
     vertices = np.asarray(mesh.vertices) * rng.uniform(*SCALE_RANGE, size=3)
-    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    vertices = vertices @ random_rotation("so3", generator=generator).double().numpy().T
+    vertices = vertices @ instance_rotation(rng).T
     mesh.vertices = o3d.utility.Vector3dVector(vertices)
     return mesh
 
