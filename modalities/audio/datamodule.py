@@ -291,7 +291,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run saves its resolved config; keys like `mixup` mean other things in the task
         self.root = Path(root).expanduser().resolve() if root is not None else mini.MINI_ROOT
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
