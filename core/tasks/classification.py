@@ -9,6 +9,8 @@ so ``ClassificationTask.load_from_checkpoint(path)`` works anywhere, without Hyd
   pipeline); accuracy then uses the argmax of the soft label;
 - top-1 / top-5 accuracy through torchmetrics, logged as ``val/acc``, ``val/acc5``, ``test/acc`` ...; after
   ``reparameterize()`` the test metrics are logged with a ``_deploy`` suffix (``test/acc_deploy``);
+- multi-view evaluation: an adapter may turn each input sample into V maps (sample-major, e.g. a video's
+  clips x crops); ``forward`` then averages the softmax over the V views (``average_views``);
 - AdamW / Adam without weight decay on 1-D parameters and biases; cosine (with warmup) or step schedules.
 """
 
@@ -28,6 +30,20 @@ from core.tasks.builders import build_adapter, to_plain
 from core.tasks.optim import build_optimizer, build_scheduler
 
 LOSSES = ("ce", "bce")
+
+
+def average_views(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B V) x K logits of V views per sample (sample-major) -> B x K log of the view-averaged softmax.
+
+    The log-probabilities are valid logits: their softmax is the averaged probability, their argmax its argmax,
+    and cross-entropy on them is the NLL of the averaged prediction. One view per sample passes through unchanged.
+    """
+    if batch_size == 0 or len(logits) == batch_size:
+        return logits
+    if len(logits) % batch_size:
+        raise ValueError(f"the adapter made {len(logits)} maps for {batch_size} samples: not a whole number of views")
+    probs = logits.float().softmax(dim=-1).view(batch_size, len(logits) // batch_size, -1).mean(dim=1)
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
 class ClassificationTask(L.LightningModule):
@@ -104,8 +120,9 @@ class ClassificationTask(L.LightningModule):
     # --- model ---------------------------------------------------------------------------------------
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Raw modality batch -> B x num_classes logits."""
-        return self.backbone(self.adapter(inputs))
+        """Raw modality batch -> B x num_classes logits (views averaged when the adapter made several per sample)."""
+        logits = self.backbone(self.adapter(inputs))
+        return average_views(logits, len(inputs)) if isinstance(inputs, torch.Tensor) else logits
 
     def reparameterize(self) -> "ClassificationTask":
         """Switch the backbone to its deploy structure (in place, idempotent); call in eval mode.
