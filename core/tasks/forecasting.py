@@ -10,7 +10,8 @@ Built only from plain values, so ``ForecastingTask.load_from_checkpoint(path)`` 
 - Missing targets (NaN) are masked out of the loss and the metrics, and counted (``*/masked_targets``).
 - Metrics: MSE and MAE over every observed target value, logged as ``val/mse``, ``test/mae`` ...; with
   ``value_scale`` != 1 (data stored in scaled units, e.g. x10) also in physical units (``test/mse_phys`` =
-  MSE / scale^2, ``test/mae_phys`` = MAE / scale). After ``reparameterize()`` test metrics get a ``_deploy`` suffix.
+  MSE / scale^2, ``test/mae_phys`` = MAE / scale). After ``reparameterize()`` every test metric is logged again
+  with a final ``_deploy`` (``test/mse_deploy``, ``test/mse_linear_phys_deploy`` ...).
 - Baselines: if the DataModule has a ``baselines`` mapping (name -> module with the model's interface), the test
   loop evaluates them on the same batches and masks: ``test/mse_<name>``, ``test/mae_<name>`` (and ``_phys``),
   plus ``test/mse_best_baseline`` and ``test/mse_gain_vs_best_baseline`` = 1 - MSE / best baseline MSE.
@@ -148,7 +149,7 @@ class ForecastingTask(L.LightningModule):
     def reparameterize(self) -> "ForecastingTask":
         """Switch the backbone to its deploy structure (in place, idempotent); call in eval mode.
 
-        Afterwards the test metrics are logged as ``test/<name>_deploy``.
+        Afterwards every test metric is logged as ``test/<name>_deploy``.
         """
         reparameterize(self)
         self.deployed = True
@@ -188,8 +189,6 @@ class ForecastingTask(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._baselines, self._baseline_errors = {}, {}
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.deployed or datamodule is None:
-            return
         for name, baseline in (getattr(datamodule, "baselines", None) or {}).items():
             self._baselines[name] = baseline.to(self.device).eval()
             self._baseline_errors[name] = ForecastErrors().to(self.device)
@@ -201,27 +200,32 @@ class ForecastingTask(L.LightningModule):
             self._baseline_errors[name].update(baseline(inputs), target)
 
     def on_test_epoch_end(self) -> None:
-        suffix = "_deploy" if self.deployed else ""
-        model_mse = self._log_errors("test", suffix, self.test_errors)
+        model_mse = self._log_errors("test", "", self.test_errors)
         baseline_mse = {name: self._log_errors("test", f"_{name}", errors) for name, errors in self._baseline_errors.items()}
         if baseline_mse:
             best = min(baseline_mse.values())
-            self.log("test/mse_best_baseline", best)
-            self.log("test/mse_gain_vs_best_baseline", 1.0 - model_mse / best if best > 0 else math.nan)
+            self._log("test/mse_best_baseline", best)
+            self._log("test/mse_gain_vs_best_baseline", 1.0 - model_mse / best if best > 0 else math.nan)
         self._baselines, self._baseline_errors = {}, {}
 
-    def _log_errors(self, stage: str, suffix: str, errors: ForecastErrors, prog_bar: bool = False) -> float:
-        """Log mse / mae (and their physical-unit versions) of one source; returns the MSE."""
+    def _log(self, name: str, value: float, prog_bar: bool = False) -> None:
+        """Log one epoch-level value; test metrics of the deploy structure get a final ``_deploy``."""
+        if self.deployed and name.startswith("test/"):
+            name = f"{name}_deploy"
+        self.log(name, value, prog_bar=prog_bar)
+
+    def _log_errors(self, stage: str, source: str, errors: ForecastErrors, prog_bar: bool = False) -> float:
+        """Log mse / mae (and their physical-unit versions) of one source ("" = the model); returns the MSE."""
         values = errors.compute()
         errors.reset()
         mse, mae = float(values["mse"]), float(values["mae"])
-        self.log(f"{stage}/mse{suffix}", mse, prog_bar=prog_bar)
-        self.log(f"{stage}/mae{suffix}", mae)
+        self._log(f"{stage}/mse{source}", mse, prog_bar=prog_bar)
+        self._log(f"{stage}/mae{source}", mae)
         if self.value_scale != 1.0:
-            self.log(f"{stage}/mse{suffix}_phys", mse / self.value_scale**2)
-            self.log(f"{stage}/mae{suffix}_phys", mae / self.value_scale)
-        if not suffix or suffix == "_deploy":
-            self.log(f"{stage}/masked_targets{suffix}", float(values["masked_targets"]))
+            self._log(f"{stage}/mse{source}_phys", mse / self.value_scale**2)
+            self._log(f"{stage}/mae{source}_phys", mae / self.value_scale)
+        if not source:
+            self._log(f"{stage}/masked_targets", float(values["masked_targets"]))
         return mse
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:

@@ -21,7 +21,8 @@ The generator is a small synthetic climate over a 60 x 30 degree region:
 - defects real station data has: short station outages (NaN, a few per station) and one 5-hour hole in the
   train timestamps (rows absent from ``data_time_train.npy`` and the value files).
 
-Stations are sorted by longitude, so a node (11 consecutive stations) is a north-south band of the region.
+Stations are sorted by latitude, so a node (11 consecutive stations) is a west-east band of the region: the
+weather systems cross a node's stations one after the other, and its western stations see them first.
 The same arguments give the same bytes; the build takes about a second; an existing complete build with the same
 parameters is left alone.
 """
@@ -58,7 +59,7 @@ def expected_files() -> list[str]:
 
 
 def _params(seed: int, num_stations: int, days: int, start: str) -> dict:
-    return {"seed": seed, "num_stations": num_stations, "days": days, "start": start, "version": 1}
+    return {"seed": seed, "num_stations": num_stations, "days": days, "start": start, "version": 2}
 
 
 def is_complete(root: str | os.PathLike, **params) -> bool:
@@ -77,13 +78,13 @@ def is_complete(root: str | os.PathLike, **params) -> bool:
 
 
 def make_stations(num_stations: int, rng: np.random.Generator) -> np.ndarray:
-    """num_stations x 3 (lat, lon, altitude m), sorted by longitude (west to east)."""
+    """num_stations x 3 (lat, lon, altitude m), sorted by latitude (south to north)."""
     lon = rng.uniform(-10.0, 50.0, num_stations)
     lat = rng.uniform(30.0, 60.0, num_stations)
     ridge = 1800.0 * np.exp(-(((lon - 22.0) / 5.0) ** 2)) * np.exp(-(((lat - 45.0) / 9.0) ** 2))
     altitude = np.round(ridge + rng.exponential(250.0, num_stations), 1)
     stations = np.stack([np.round(lat, 4), np.round(lon, 4), altitude], axis=1)
-    return stations[np.argsort(stations[:, 1], kind="stable")]
+    return stations[np.argsort(stations[:, 0], kind="stable")]
 
 
 def weather_systems(hours: int, rng: np.random.Generator, per_day: float = 0.7) -> list[dict]:
