@@ -1,7 +1,8 @@
 """Lightning callbacks of the harness: training wall time and throughput that survive a resume.
 
 ``RunStats`` keeps its totals in the checkpoint (``state_dict``), so a run that is killed and resumed from
-``last.ckpt`` reports the time and samples of the epochs it kept, as an uninterrupted run would.
+``last.ckpt`` reports the time and samples of the epochs it kept, as an uninterrupted run would. The totals
+are frozen in ``fit_summary`` when fit ends: testing a checkpoint afterwards restores callback states too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class RunStats(L.Callback):
         self.samples = 0  # training samples seen by this process
         self._train_started: float | None = None
         self._fit_started: float | None = None
+        self.fit_summary: dict | None = None  # the totals when fit ended
 
     # the training clock pauses while validation runs inside a training epoch
     def _start(self) -> None:
@@ -39,6 +41,7 @@ class RunStats(L.Callback):
         if self._fit_started is not None:
             self.fit_seconds += time.perf_counter() - self._fit_started
             self._fit_started = None
+        self.fit_summary = self.summary(trainer.world_size)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start()

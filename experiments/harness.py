@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import core
 from core.tasks import count_parameters
@@ -124,8 +124,12 @@ def resume_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The resolved job config (without Hydra's own node) as <run_dir>/config.yaml."""
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        job.pop("hydra", None)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(job, resolve=True))
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
@@ -225,7 +229,7 @@ def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metri
         "epochs": trainer.current_epoch,
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,
-        **(stats.summary(trainer.world_size) if stats is not None else {}),
+        **((stats.fit_summary or stats.summary(trainer.world_size)) if stats is not None else {}),
         "skipped_inputs": getattr(datamodule, "skipped_images", None),
         "seed": cfg.seed,
         **git_state(),
