@@ -11,6 +11,9 @@ so ``ClassificationTask.load_from_checkpoint(path)`` works anywhere, without Hyd
   ``reparameterize()`` the test metrics are logged with a ``_deploy`` suffix (``test/acc_deploy``);
 - multi-view evaluation: an adapter may turn each input sample into V maps (sample-major, e.g. a video's
   clips x crops); ``forward`` then averages the softmax over the V views (``average_views``);
+- extra metrics by import path (``metrics``, e.g. the mean per-class accuracy ``macc``) logged beside acc, and
+  test-time augmentation by import path (``test_time_augmentation``, e.g. point-cloud rotation voting): the
+  test loop averages the logits over the augmented copies of each batch;
 - AdamW / Adam without weight decay on 1-D parameters and biases; cosine (with warmup) or step schedules.
 """
 
@@ -22,11 +25,12 @@ import os
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from timm.data import Mixup
 from torchmetrics.classification import MulticlassAccuracy
 
 from core import create_backbone, reparameterize
-from core.tasks.builders import build_adapter, to_plain
+from core.tasks.builders import build_adapter, import_object, to_plain
 from core.tasks.optim import build_optimizer, build_scheduler
 
 LOSSES = ("ce", "bce")
@@ -62,6 +66,12 @@ class ClassificationTask(L.LightningModule):
         optimizer: ``core.tasks.optim.build_optimizer`` arguments (name, lr, weight_decay, betas ...).
         scheduler: ``core.tasks.optim.lr_multiplier`` arguments (name, warmup_epochs ...); None: constant LR.
         top_k: the second accuracy reported (``acc5`` for 5), when there are more than top_k classes.
+        metrics: extra metrics, ``{name: {"class_path": ..., "init_args": {...}}}``: torchmetrics classification
+            metrics built with ``num_classes`` and updated with (logits, labels), logged as ``val/<name>`` and
+            ``test/<name>``; e.g. ``macc``: ``torchmetrics.classification.MulticlassAccuracy`` with
+            ``average: macro`` (mean per-class accuracy).
+        test_time_augmentation: ``{"class_path": ..., "init_args": {...}}`` of a callable turning an input batch
+            into a list of augmented batches; the test loop (not validation) averages the logits over them.
     """
 
     def __init__(
@@ -75,17 +85,21 @@ class ClassificationTask(L.LightningModule):
         optimizer: dict | None = None,
         scheduler: dict | None = None,
         top_k: int = 5,
+        metrics: dict | None = None,
+        test_time_augmentation: dict | None = None,
     ):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
         backbone, adapter = to_plain(backbone), to_plain(adapter)
         mixup, optimizer, scheduler = to_plain(mixup), to_plain(optimizer), to_plain(scheduler)
+        metrics, test_time_augmentation = to_plain(metrics), to_plain(test_time_augmentation)
         self.save_hyperparameters(
             {
                 "num_classes": num_classes, "backbone": backbone, "adapter": adapter, "loss": loss,
                 "label_smoothing": label_smoothing, "mixup": mixup, "optimizer": optimizer,
-                "scheduler": scheduler, "top_k": top_k,
+                "scheduler": scheduler, "top_k": top_k, "metrics": metrics,
+                "test_time_augmentation": test_time_augmentation,
             }
         )
         reserved = {"in_chans", "num_classes"} & set(backbone)
@@ -110,6 +124,19 @@ class ClassificationTask(L.LightningModule):
         if self.top_k:
             self.val_acc_k = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
             self.test_acc_k = MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro")
+        self.val_metrics = nn.ModuleDict(self._build_metrics(metrics, num_classes))
+        self.test_metrics = nn.ModuleDict(self._build_metrics(metrics, num_classes))
+        self.test_time_augmentation = self._build_object(test_time_augmentation) if test_time_augmentation else None
+
+    @staticmethod
+    def _build_object(spec: dict, **kwargs):
+        if "class_path" not in spec or set(spec) - {"class_path", "init_args"}:
+            raise ValueError(f"expected {{'class_path': ..., 'init_args': {{...}}}}, got keys {sorted(spec)}")
+        return import_object(spec["class_path"])(**kwargs, **dict(spec.get("init_args") or {}))
+
+    @classmethod
+    def _build_metrics(cls, metrics: dict | None, num_classes: int) -> dict:
+        return {name: cls._build_object(spec, num_classes=num_classes) for name, spec in (metrics or {}).items()}
 
     @staticmethod
     def _build_mixup(mixup: dict | None, label_smoothing: float, num_classes: int) -> Mixup | None:
@@ -175,11 +202,14 @@ class ClassificationTask(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(target))
         return loss
 
-    def _evaluate(self, batch, stage: str, acc, acc_k) -> None:
+    def _evaluate(self, batch, stage: str, acc, acc_k, metrics: nn.ModuleDict | None = None) -> None:
         inputs, target = batch
         if len(target) == 0:
             return
-        logits = self(inputs)
+        if stage == "test" and self.test_time_augmentation is not None:
+            logits = torch.stack([self(view) for view in self.test_time_augmentation(inputs)]).mean(dim=0)
+        else:
+            logits = self(inputs)
         loss = self.compute_loss(logits, target)
         labels = target.argmax(dim=-1) if target.is_floating_point() else target
         suffix = "_deploy" if stage == "test" and self.deployed else ""
@@ -189,12 +219,15 @@ class ClassificationTask(L.LightningModule):
         if acc_k is not None:
             acc_k(logits, labels)
             self.log(f"{stage}/acc{self.top_k}{suffix}", acc_k, on_epoch=True, batch_size=len(target))
+        for name, metric in (metrics or {}).items():
+            metric(logits, labels)
+            self.log(f"{stage}/{name}{suffix}", metric, on_epoch=True, batch_size=len(target))
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc, self.val_acc_k if self.top_k else None)
+        self._evaluate(batch, "val", self.val_acc, self.val_acc_k if self.top_k else None, self.val_metrics)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc, self.test_acc_k if self.top_k else None)
+        self._evaluate(batch, "test", self.test_acc, self.test_acc_k if self.top_k else None, self.test_metrics)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
