@@ -322,13 +322,17 @@ def collate_skipping_none(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stratified_holdout(samples: Sequence[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
-    """Split ``samples`` into (kept, held out) with ``fraction`` of every class held out, deterministically."""
+    """Split ``samples`` into (kept, held out) with ``fraction`` of every class held out, deterministically.
+
+    Every class with at least two samples gives at least one and keeps at least one.
+    """
     rng = np.random.default_rng(seed)
     kept, held = [], []
     labels = np.array([label for _, label in samples])
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        chosen = set(rng.permutation(members)[: int(round(fraction * len(members)))].tolist())
+        count = min(len(members) - 1, max(1, int(round(fraction * len(members))))) if fraction > 0 else 0
+        chosen = set(rng.permutation(members)[:count].tolist())
         for i in members:
             (held if i in chosen else kept).append(samples[i])
     return kept, held
