@@ -12,13 +12,29 @@ from typing import Callable
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.harness import CONFIG_DIR, group_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = group_options("modality")
 EXPERIMENTS = group_options("experiment")
+
+
+def preset_modality(experiment: str) -> str | None:
+    """The modality an experiment preset selects (``override /modality: <m>``, following same-group includes)."""
+    node = OmegaConf.load(CONFIG_DIR / "experiment" / f"{experiment}.yaml")
+    for entry in node.get("defaults", []):
+        if isinstance(entry, str):
+            if entry != "_self_" and (found := preset_modality(entry)):
+                return found
+            continue
+        for key, value in entry.items():
+            if key.replace("override", "").strip() == "/modality":
+                return value
+    return None
+
+
 # shrink any composed run to seconds: one batch per loop, one process, no workers, tiny backbone
 FAST = ["debug=fast_dev_run", "backbone=unireplknet_test"]
 

@@ -32,15 +32,21 @@ SPLITS = {"train": 120, "val": 20, "test": 40}  # images per class
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges
 MANIFEST = "mini_manifest.json"
-VERSION = 1
+VERSION = 2
+
+
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A random background and a random foreground colour that differ visibly."""
+    """A random background and a random foreground colour that differ visibly, in brightness too.
+
+    Either may be the brighter one, so the mean colour of an image says nothing about its class.
+    """
     while True:
         bg = rng.integers(0, 256, size=3)
         fg = rng.integers(0, 256, size=3)
-        if np.abs(bg - fg).sum() > 180:
+        if np.abs(bg - fg).sum() > 180 and abs(float(LUMA @ (bg - fg))) > 60:
             return tuple(int(c) for c in bg), tuple(int(c) for c in fg)
 
 
