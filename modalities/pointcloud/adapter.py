@@ -7,13 +7,16 @@
 3. scatter the point features onto three orthogonal view planes, XY, YZ and XZ, at the pixels given by the
    quantized in-plane coordinates (an s x s splat per point, max or sum per pixel), all views and all points at
    once with ``scatter_reduce`` (no loop over points, no compiled extension);
-4. refine every view with 2-D convs (grouped: each view keeps its own weights) down to one channel per view.
+4. refine every view with 2-D convs, each view with its own weights: a depthwise k x k conv (spreads the
+   splats; depthwise keeps it cheap at R = 224), then a 1 x 1 conv down to one channel per view.
 
 Max (and, up to float rounding, sum) per pixel ignores the order of the points, so the output does too. The
 feature carries the out-of-plane coordinate (depth), which a plain occupancy image would lose.
 """
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -22,7 +25,7 @@ from modalities.pointcloud.preprocess import normalize_unit_sphere
 
 # (column axis, row axis) of each view plane; output channel k is view k
 VIEWS = ((0, 1), (1, 2), (0, 2))  # XY, YZ, XZ
-REDUCTIONS = {"max": "amax", "sum": "sum", "mean": "mean"}
+REDUCTIONS = MappingProxyType({"max": "amax", "sum": "sum", "mean": "mean"})  # option -> scatter_reduce name
 
 
 def pixel_indices(points: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import lightning as L
 import numpy as np
@@ -39,7 +40,7 @@ from modalities.pointcloud import mini, preprocess
 
 FORMATS = ("auto", "off", "resampled")
 SHAPE_NAMES = "modelnet40_shape_names.txt"
-SPLIT_LISTS = {"train": "modelnet40_train.txt", "test": "modelnet40_test.txt"}
+SPLIT_LISTS = MappingProxyType({"train": "modelnet40_train.txt", "test": "modelnet40_test.txt"})
 
 DATASET_HELP = """\
 point-cloud dataset not found or incomplete: {missing}.

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -37,7 +38,7 @@ CLASSES = (
     "torus",
     "tri_prism",
 )
-SPLITS = {"train": 80, "test": 30}  # meshes per class
+SPLITS = MappingProxyType({"train": 80, "test": 30})  # meshes per class
 SCALE_RANGE = (0.8, 1.25)  # per-axis scale of every instance: varied, yet a box never becomes a flat box
 MAX_TILT = math.radians(15)  # away from upright, about the x and the y axis
 MANIFEST = "mini_manifest.json"
