@@ -102,7 +102,8 @@ def test_modelnet40_preset_fast_dev_run_on_mini_meshes_shrunk(make_config, tiny_
     """The preset's data, task and trainer path with the tiny backbone, 32 x 32 views and 256 points."""
     cfg = make_config(["experiment=modelnet40_unireplknet_s", *FAST, f"data.root={tiny_mini_root}",
                        "data.num_classes=null", "data.num_points=256", "data.mesh_points=512", "data.batch_size=4",
-                       "data.num_workers=0", "data.persistent_workers=false", "adapter.init_args.resolution=32",
+                       "data.cache_dir=null", "data.num_workers=0", "data.persistent_workers=false",
+                       "adapter.init_args.resolution=32",
                        "task.test_time_augmentation.init_args.num_votes=2"])
     record = train(cfg)
     assert record["experiment"] == "modelnet40_unireplknet_s" and record["global_step"] == 1
@@ -117,7 +118,8 @@ def test_modelnet40_preset_fast_dev_run_full_size(make_config, tiny_mini_root):
     Minutes on a 2-core CPU (16 min measured while the machine was shared with other jobs): marked slow.
     """
     cfg = make_config(["experiment=modelnet40_unireplknet_s", "debug=fast_dev_run", f"data.root={tiny_mini_root}",
-                       "data.num_classes=null", "data.mesh_points=4096", "data.persistent_workers=false",
+                       "data.num_classes=null", "data.mesh_points=4096", "data.cache_dir=null",
+                       "data.persistent_workers=false",
                        "task.test_time_augmentation.init_args.num_votes=2"])
     record = train(cfg)
     assert record["experiment"] == "modelnet40_unireplknet_s" and record["backbone"] == "unireplknet_s"

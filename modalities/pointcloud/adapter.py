@@ -62,7 +62,8 @@ class ThreeViewProjector(nn.Module):
             raise ValueError(f"unknown reduce {reduce!r}; valid choices: {', '.join(REDUCTIONS)}")
         if resolution < 1 or feature_dim < 1 or splat_size < 1:
             raise ValueError(
-                f"resolution, feature_dim and splat_size must be positive, got {resolution}, {feature_dim}, {splat_size}"
+                "resolution, feature_dim and splat_size must be positive, "
+                f"got {resolution}, {feature_dim}, {splat_size}"
             )
         if refine_kernel < 0 or (refine_kernel and refine_kernel % 2 == 0):
             raise ValueError(f"refine_kernel must be 0 or odd, got {refine_kernel}")

@@ -87,7 +87,7 @@ def read_mesh(path: str | os.PathLike):
     """An open3d TriangleMesh from an ``.off`` (or any open3d mesh) file; PointCloudUnusable when there is no
     usable mesh (unreadable, no faces).
 
-    About 1% of ModelNet-40's .off files glue the header keyword to the counts ("OFF490 518 0"), which
+    Some of ModelNet-40's .off files glue the header keyword to the counts ("OFF490 518 0"), which
     open3d rejects: those are read from a copy with the keyword on its own line.
     """
     import open3d as o3d

@@ -2,12 +2,13 @@
 
 ``<root>/<class>/{train,test}/<class>_<nnnn>.off``: triangle meshes of twelve classes of primitives and simple
 compositions, made with open3d. Several classes come in confusable pairs (box / flat_box, cylinder / capsule /
-triangular prism, cone / pyramid), so the model must see shape details, not only the overall extent. (A
-hexagonal prism proved indistinguishable from a cylinder once scaled per axis and tilted: a 0.13 r detail.) Every instance
-gets its own random non-uniform scale (per axis) and a random rotation: any heading about the vertical z axis
-and a tilt of up to 15 degrees, so the set is upright like ModelNet-40's shapes (and the Table 12 augmentation,
-rotation about the up axis, suits it). Numbering runs on from train to test, as in ModelNet-40 (``box_0001``
-... ``box_0080`` train, ``box_0081`` ... test).
+triangular prism, cone / pyramid), so the model must see shape details, not only the overall extent. (A hexagonal
+prism proved indistinguishable from a cylinder once scaled per axis and tilted: a 0.13 r detail.)
+
+Every instance gets its own random non-uniform scale (per axis) and a random rotation: any heading about the
+vertical z axis and a tilt of up to 15 degrees, so the set is upright like ModelNet-40's shapes (and the Table 12
+augmentation, rotation about the up axis, suits it). Numbering runs on from train to test, as in ModelNet-40
+(``box_0001`` ... ``box_0080`` train, ``box_0081`` ... test).
 """
 
 from __future__ import annotations

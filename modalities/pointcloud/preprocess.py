@@ -68,7 +68,9 @@ def random_sample(points: torch.Tensor, num_points: int, generator: torch.Genera
     return points[torch.randperm(points.shape[0], generator=generator)[:num_points]]
 
 
-def pad_with_replacement(points: torch.Tensor, num_points: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def pad_with_replacement(
+    points: torch.Tensor, num_points: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A cloud with fewer than ``num_points`` points, completed by repeating points drawn with replacement."""
     missing = num_points - points.shape[0]
     if missing <= 0:
