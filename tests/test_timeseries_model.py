@@ -193,3 +193,20 @@ def test_forecaster_refuses_bad_arguments():
         make_forecaster(series_coords=coords(11))
     with pytest.raises(ValueError, match="label_len"):
         make_forecaster(label_len=60)
+
+
+def test_decoder_inputs_mean_and_last_period():
+    x = torch.randn(2, L, D)
+    seasonal, trend = SeriesDecomposition(25)(x)
+    autoformer = make_forecaster()  # decoder_init="mean": Corrformer's start
+    seasonal_init, trend_start = autoformer.decoder_inputs(x)
+    assert seasonal_init.shape == trend_start.shape == (2, LABEL + P, D)
+    torch.testing.assert_close(seasonal_init[:, :LABEL], seasonal[:, L - LABEL :])
+    assert (seasonal_init[:, LABEL:] == 0).all()
+    torch.testing.assert_close(trend_start[:, LABEL:], x.mean(1, keepdim=True).expand(-1, P, -1))
+    naive = make_forecaster(decoder_init="last_period", period=24)
+    seasonal_init, trend_start = naive.decoder_inputs(x)
+    torch.testing.assert_close(seasonal_init[:, LABEL:], seasonal[:, L - 24 : L - 24 + P])  # yesterday's cycle
+    torch.testing.assert_close(trend_start[:, LABEL:], seasonal_init[:, LABEL:] + trend[:, -1:])  # + current level
+    with pytest.raises(ValueError, match="unknown decoder_init"):
+        make_forecaster(decoder_init="zeros")

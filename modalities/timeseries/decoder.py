@@ -25,7 +25,9 @@ Deliberate simplifications versus Corrformer (documented here, kept minimal):
 - one decoder layer type mixing both correlation kinds by head groups, rather than Corrformer's separate spatial
   and temporal correlation blocks and its station-level map; no hierarchical multi-scale node grouping;
 - the node cross-correlation keeps one lag per node pair (no top-k over lags per pair);
-- the encoder memory comes from UniRepLKNet (see ``model.py``), not from Corrformer's encoder.
+- the encoder memory comes from UniRepLKNet (see ``model.py``), not from Corrformer's encoder;
+- the decoder's inputs (seasonal init, trend start) are built in ``model.py``: Corrformer's (future seasonal 0,
+  future trend = window mean) by default, or a seasonal-naive start for the CPU-scale mini recipe.
 """
 
 from __future__ import annotations

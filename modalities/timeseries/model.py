@@ -9,6 +9,7 @@
     memory = LayerNorm(Linear_tokens(Linear_C([f; g]))) (B n) x L x D'      the per-node feature sequence
     seasonal, trend = Decomp(x)                         decoder inits, as in Autoformer / Corrformer:
         seasonal_init = [seasonal[-label_len:], 0 x P],  trend_init = [trend[-label_len:], mean(x) x P]
+        (or, with decoder_init="last_period", a seasonal-naive start: see ``decoder_inputs``)
     y  = CorrDecoder(NodeEmbedding'(seasonal_init), memory, trend_init)   (B n) x (label_len + P) x D/n
     forecast = WindowNorm^-1(last P steps of y)         B x P x D
 
@@ -26,6 +27,9 @@ from torch import Tensor, nn
 from .decoder import CorrDecoder, SeriesDecomposition
 from .embedding import NodeEmbedding, check_nodes, from_nodes, to_nodes
 from .preprocess import NUM_TIME_FEATURES, WindowNorm, unpack_inputs
+
+
+DECODER_INITS = ("mean", "last_period")
 
 
 class FeaturesToSequence(nn.Module):
@@ -73,6 +77,9 @@ class UniRepLKNetForecaster(nn.Module):
         num_nodes: n, must divide D. d_model: D'.
         n_heads, d_ff, d_layers, moving_avg, factor, temporal_heads: decoder (see ``decoder.py``).
         dropout: embedding and decoder dropout.
+        decoder_init: how the decoder's P future steps start (see ``decoder_inputs``): ``mean`` (Corrformer's) or
+            ``last_period`` (a seasonal-naive start, used by the CPU-scale mini recipe).
+        period: the season of ``last_period`` in steps (24 = one day of hourly data).
     """
 
     def __init__(
@@ -94,10 +101,17 @@ class UniRepLKNetForecaster(nn.Module):
         dropout: float = 0.05,
         factor: float = 1.0,
         temporal_heads: int | None = None,
+        decoder_init: str = "mean",
+        period: int = 24,
     ):
         super().__init__()
         if not 0 <= label_len <= seq_len:
             raise ValueError(f"label_len={label_len} must be in [0, seq_len={seq_len}]")
+        if decoder_init not in DECODER_INITS:
+            raise ValueError(f"unknown decoder_init {decoder_init!r}; valid choices: {', '.join(DECODER_INITS)}")
+        if decoder_init == "last_period" and not 0 < period <= seq_len:
+            raise ValueError(f"period={period} must be in [1, seq_len={seq_len}]")
+        self.decoder_init, self.period = decoder_init, period
         self.num_series, self.num_nodes = num_series, num_nodes
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         per_node = check_nodes(num_series, num_nodes)
@@ -125,11 +139,29 @@ class UniRepLKNetForecaster(nn.Module):
         x, stats = self.norm.normalize(x)
         memory = self.encode(x, calendar[:, : self.seq_len])  # (B n) x L x D'
 
-        seasonal, trend = self.decomposition(x)  # B x L x D each
-        future = x.new_zeros(x.shape[0], self.pred_len, x.shape[2])
-        seasonal_init = torch.cat([seasonal[:, self.seq_len - self.label_len :], future], dim=1)
-        trend_init = torch.cat([trend[:, self.seq_len - self.label_len :], future + x.mean(dim=1, keepdim=True)], dim=1)
+        seasonal_init, trend_start = self.decoder_inputs(x)  # B x (label + P) x D each
         dec_in = self.dec_embedding(seasonal_init, calendar[:, self.seq_len - self.label_len :])  # (B n) x (label+P) x D'
-        y = self.decoder(dec_in, memory, to_nodes(trend_init, self.num_nodes), self.num_nodes)  # (B n) x (label+P) x D/n
+        y = self.decoder(dec_in, memory, to_nodes(trend_start, self.num_nodes), self.num_nodes)  # (B n) x (label+P) x D/n
         y = from_nodes(y[:, -self.pred_len :], self.num_nodes)  # B x P x D
         return self.norm.denormalize(y, stats)
+
+    def decoder_inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalized B x L x D -> (seasonal init, start of the trend accumulator), each B x (label_len + P) x D.
+
+        The first label_len steps are the decomposed input's last steps; the P future steps are
+        ``mean``: seasonal 0, trend = the window mean (Autoformer / Corrformer);
+        ``last_period``: seasonal = the last ``period`` steps' seasonal part repeated, trend = the last trend value,
+        and the decoder's trend accumulator starts from their sum (it learns a correction to that forecast).
+        """
+        seasonal, trend = self.decomposition(x)  # B x L x D each
+        known = slice(self.seq_len - self.label_len, self.seq_len)
+        if self.decoder_init == "mean":
+            future_seasonal = x.new_zeros(x.shape[0], self.pred_len, x.shape[2])
+            future_trend = x.mean(dim=1, keepdim=True).expand(-1, self.pred_len, -1)
+        else:
+            steps = torch.arange(self.pred_len, device=x.device) % self.period
+            future_seasonal = seasonal[:, self.seq_len - self.period + steps]
+            future_trend = trend[:, -1:].expand(-1, self.pred_len, -1)
+        seasonal_init = torch.cat([seasonal[:, known], future_seasonal], dim=1)
+        trend_init = torch.cat([trend[:, known], future_trend], dim=1)
+        return seasonal_init, trend_init + seasonal_init if self.decoder_init == "last_period" else trend_init
