@@ -183,7 +183,8 @@ def _video(num_frames: int = 6, height: int = 40, width: int = 48, seed: int = 0
 def test_train_augmentation_is_identical_for_every_frame():
     frame = _video(1)[0]
     video = as_video(np.stack([frame] * 8))
-    transform = TrainClipTransform(32, scale=(0.2, 1.0), hflip=0.5, rand_augment={"num_ops": 4, "magnitude": 7}, re_prob=1.0)
+    transform = TrainClipTransform(32, scale=(0.2, 1.0), hflip=0.5, color_jitter=[0.4, 0.4, 0.4, 0.5],
+                                   rand_augment={"num_ops": 4, "magnitude": 7}, re_prob=1.0)
     outputs = []
     for seed in range(6):
         torch.manual_seed(seed)

@@ -17,20 +17,20 @@ centre frame used in evaluation - cannot tell the classes apart; telling them ap
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 
 import av
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 CLASSES = (
     "moving left",
@@ -48,10 +48,21 @@ SPLITS = MappingProxyType({"train": 40, "val": 10, "test": 20})  # clips per cla
 FRAME_SIZE = 32
 NUM_FRAMES = 40
 FPS = 25
-SUPERSAMPLE = 2  # render at 2x and average down: anti-aliased edges
+SUPERSAMPLE = 1  # > 1: render at that multiple and average down (the soft sprite edges already anti-alias)
+SPRITE_SIZE = 48  # resolution of the object texture and outline: about the size it is drawn at
+# motion ranges (uniform; "radius" log-uniform): px / frame, rad / frame, log-radius / frame; "centre" in frame units
+MOTION = MappingProxyType({
+    "centre": (0.3, 0.7),
+    "radius": (6.0, 9.0),
+    "speed": (0.45, 0.6),
+    "slow_drift": (0.08, 0.14),
+    "fast_drift": (0.6, 0.75),
+    "spin": (0.08, 0.12),
+    "growth": (0.02, 0.03),
+})
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 MANIFEST = "mini_manifest.json"
-VERSION = 1
+VERSION = 2
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -60,18 +71,7 @@ def clip_name(youtube_id: str, time_start: int, time_end: int) -> str:
     return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}.mp4"
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """Render with one intra-op thread: the tensors are tiny, so more threads only add start-up cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-# --- rendering ---------------------------------------------------------------------------------------------
+# --- rendering (numpy + PIL only: safe in forked build workers) ---------------------------------------------
 
 
 def _colour_pair(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
@@ -85,32 +85,50 @@ def _colour_pair(rng: np.random.Generator, avoid: np.ndarray | None = None) -> n
         return pair
 
 
-def _texture(rng: np.random.Generator, colours: np.ndarray, size: int, cells: int) -> torch.Tensor:
-    """3 x size x size: smooth random blotches mixing two colours (low-resolution noise, bicubic upsampled)."""
-    noise = torch.from_numpy(rng.normal(size=(1, 1, cells, cells))).float()
-    field = F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)[0, 0]
-    weight = torch.sigmoid(3.0 * field)  # mostly one colour or the other, soft borders
-    c0, c1 = (torch.from_numpy(c).float()[:, None, None] for c in colours)
-    return c0 * weight + c1 * (1.0 - weight)
+def _background_colours(rng: np.random.Generator) -> np.ndarray:
+    """Two nearby random colours (2 x 3): a textured but low-contrast background, so the object stands out."""
+    base = rng.uniform(0.15, 0.85, size=3)
+    return np.stack([base, np.clip(base + rng.uniform(-0.2, 0.2, size=3), 0.0, 1.0)])
 
 
-def _object_sprite(rng: np.random.Generator, colours: np.ndarray, size: int) -> torch.Tensor:
-    """4 x size x size RGBA sprite: an irregular textured polygon of radius <= 0.95 (normalized coordinates)."""
+def _texture(rng: np.random.Generator, colours: np.ndarray, size: int, cells: int) -> np.ndarray:
+    """size x size x 3: smooth random blotches mixing two colours (low-resolution noise, bicubic upsampled)."""
+    noise = Image.fromarray(rng.normal(size=(cells, cells)).astype(np.float32))
+    field = np.asarray(noise.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
+    weight = 1.0 / (1.0 + np.exp(-3.0 * field))[..., None]  # mostly one colour or the other, soft borders
+    return colours[0] * weight + colours[1] * (1.0 - weight)
+
+
+def _object_sprite(rng: np.random.Generator, colours: np.ndarray, size: int) -> np.ndarray:
+    """size x size x 4 RGBA sprite: an irregular textured polygon of radius <= 0.95 (normalized coordinates)."""
     num_vertices = int(rng.integers(4, 8))
     angles = np.sort(rng.uniform(0, 2 * np.pi, size=num_vertices))
     radii = rng.uniform(0.4, 0.95, size=num_vertices)
-    # point-in-polygon by angle: the polygon is star-shaped around the origin, so compare each pixel's radius
-    # with the boundary radius interpolated between the two neighbouring vertices
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
-    pixel_angle = torch.atan2(y, x).remainder(2 * math.pi).numpy()
-    pixel_radius = torch.sqrt(x**2 + y**2).numpy()
+    # the polygon is star-shaped around the origin: a pixel is inside when its radius is below the boundary
+    # radius interpolated between the two neighbouring vertices
+    coords = (np.arange(size) + 0.5) / size * 2 - 1
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    pixel_angle = np.remainder(np.arctan2(y, x), 2 * np.pi)
     wrapped_angles = np.concatenate([angles[-1:] - 2 * np.pi, angles, angles[:1] + 2 * np.pi])
     wrapped_radii = np.concatenate([radii[-1:], radii, radii[:1]])
-    boundary = np.interp(pixel_angle, wrapped_angles, wrapped_radii)
-    alpha = torch.from_numpy((pixel_radius <= boundary).astype(np.float32))
+    alpha = (np.hypot(x, y) <= np.interp(pixel_angle, wrapped_angles, wrapped_radii)).astype(np.float64)
     texture = _texture(rng, colours, size, cells=int(rng.integers(3, 6)))
-    return torch.cat([texture, alpha[None]])
+    return np.concatenate([texture, alpha[..., None]], axis=-1)
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample an H x W x C image at float pixel coordinates (any shape), zero outside the image."""
+    height, width, chans = image.shape
+    padded = np.zeros((height + 2, width + 2, chans), dtype=np.float32)  # a zero border absorbs outside samples
+    padded[1:-1, 1:-1] = image
+    flat = padded.reshape(-1, chans)
+    x0, y0 = np.floor(x), np.floor(y)
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    xs = [np.clip(x0.astype(np.int64) + k, 0, width + 1) for k in (1, 2)]
+    ys = [np.clip(y0.astype(np.int64) + k, 0, height + 1) * (width + 2) for k in (1, 2)]
+    top = flat[ys[0] + xs[0]] * (1 - wx) + flat[ys[0] + xs[1]] * wx
+    bottom = flat[ys[1] + xs[0]] * (1 - wx) + flat[ys[1] + xs[1]] * wx
+    return top * (1 - wy) + bottom * wy
 
 
 def _trajectory(name: str, rng: np.random.Generator, num_frames: int, frame_size: int) -> tuple[np.ndarray, ...]:
@@ -119,23 +137,23 @@ def _trajectory(name: str, rng: np.random.Generator, num_frames: int, frame_size
     The state at mid-clip is drawn from the same distribution for every class; the class only sets how it changes.
     """
     u = np.arange(num_frames) - (num_frames - 1) / 2  # time relative to mid-clip
-    centre_mid = rng.uniform(0.3, 0.7, size=2) * frame_size
+    centre_mid = rng.uniform(*MOTION["centre"], size=2) * frame_size
     angle_mid = rng.uniform(0, 2 * np.pi)
-    radius_mid = math.exp(rng.uniform(math.log(5.5), math.log(8.5)))
+    radius_mid = math.exp(rng.uniform(*np.log(MOTION["radius"])))
     velocity = np.zeros(2)
     spin = 0.0
     growth = 0.0
     directions = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1), "moving down": (0, 1)}
     if name in directions:
-        velocity = np.array(directions[name], dtype=float) * rng.uniform(0.3, 0.45)
+        velocity = np.array(directions[name], dtype=float) * rng.uniform(*MOTION["speed"])
     elif name in ("drifting slowly", "drifting fast"):
         diagonal = np.array([rng.choice([-1.0, 1.0]), rng.choice([-1.0, 1.0])]) / math.sqrt(2)
-        speed = rng.uniform(0.1, 0.16) if name == "drifting slowly" else rng.uniform(0.5, 0.65)
-        velocity = diagonal * speed
+        key = "slow_drift" if name == "drifting slowly" else "fast_drift"
+        velocity = diagonal * rng.uniform(*MOTION[key])
     elif name in ("rotating clockwise", "rotating anticlockwise"):
-        spin = rng.uniform(0.06, 0.1) * (1 if name == "rotating clockwise" else -1)
+        spin = rng.uniform(*MOTION["spin"]) * (1 if name == "rotating clockwise" else -1)
     elif name in ("expanding", "contracting"):
-        growth = rng.uniform(0.015, 0.025) * (1 if name == "expanding" else -1)
+        growth = rng.uniform(*MOTION["growth"]) * (1 if name == "expanding" else -1)
     else:
         raise ValueError(f"unknown mini video class {name!r}")
     centre = centre_mid[None, :] + u[:, None] * velocity[None, :]
@@ -146,32 +164,26 @@ def _trajectory(name: str, rng: np.random.Generator, num_frames: int, frame_size
 
 def render(name: str, rng: np.random.Generator, num_frames: int = NUM_FRAMES, frame_size: int = FRAME_SIZE) -> np.ndarray:
     """One clip of class ``name``: num_frames x frame_size x frame_size x 3 uint8 RGB frames."""
-    with _one_torch_thread():
-        return _render(name, rng, num_frames, frame_size)
-
-
-def _render(name: str, rng: np.random.Generator, num_frames: int, frame_size: int) -> np.ndarray:
     big = frame_size * SUPERSAMPLE
-    background_colours = _colour_pair(rng)
+    background_colours = _background_colours(rng)
     background = _texture(rng, background_colours, big, cells=int(rng.integers(3, 7)))
-    sprite = _object_sprite(rng, _colour_pair(rng, avoid=background_colours), 2 * big)
+    sprite = _object_sprite(rng, _colour_pair(rng, avoid=background_colours), SPRITE_SIZE)
     centre, angle, radius = _trajectory(name, rng, num_frames, frame_size)
 
-    # affine_grid maps output coordinates p (normalized, [-1, 1]) to sprite coordinates q = R(-angle) (p - c) / r
-    c_norm = torch.from_numpy(centre / frame_size * 2 - 1).float()
-    r_norm = torch.from_numpy(radius / frame_size * 2).float()
-    cos, sin = torch.cos(torch.from_numpy(angle)).float(), torch.sin(torch.from_numpy(angle)).float()
-    rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2) / r_norm[:, None, None]
-    offset = -(rotation @ c_norm[:, :, None])
-    theta = torch.cat([rotation, offset], dim=2)  # T x 2 x 3
-    grid = F.affine_grid(theta, [num_frames, 4, big, big], align_corners=False)
-    warped = F.grid_sample(sprite.expand(num_frames, -1, -1, -1), grid, mode="bilinear", align_corners=False)
-    rgb, alpha = warped[:, :3], warped[:, 3:]
-    frames = alpha * rgb + (1 - alpha) * background[None]
-    frames = F.avg_pool2d(frames, SUPERSAMPLE)
-    noise = torch.from_numpy(rng.normal(0.0, 0.01, size=frames.shape)).float()  # a little sensor noise
-    frames = (frames + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 1).contiguous().numpy()
+    # every output pixel (in frame pixels, x right / y down) -> sprite coordinates q = R(-angle) (p - c) / r
+    coords = ((np.arange(big) + 0.5) / SUPERSAMPLE).astype(np.float32)
+    dx = coords[None, None, :] - centre[:, 0, None, None].astype(np.float32)  # T x 1 x big
+    dy = coords[None, :, None] - centre[:, 1, None, None].astype(np.float32)  # T x big x 1
+    half = SPRITE_SIZE / 2
+    cos, sin = (np.cos(angle) * half / radius), (np.sin(angle) * half / radius)
+    cos, sin = cos.astype(np.float32)[:, None, None], sin.astype(np.float32)[:, None, None]
+    sx, sy = cos * dx + sin * dy + (half - 0.5), cos * dy - sin * dx + (half - 0.5)
+    warped = _bilinear(sprite, sx, sy)  # T x big x big x 4
+    alpha = warped[..., 3:]
+    frames = alpha * warped[..., :3] + (1 - alpha) * background[None].astype(np.float32)
+    frames = frames.reshape(num_frames, frame_size, SUPERSAMPLE, frame_size, SUPERSAMPLE, 3).mean(axis=(2, 4))
+    frames = frames + rng.normal(0.0, 0.01, size=frames.shape).astype(np.float32)  # a little sensor noise
+    return np.round(np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = FPS) -> None:
@@ -214,41 +226,66 @@ def is_complete(root: str | os.PathLike, seed: int = 0) -> bool:
     return manifest.get("version") == VERSION and manifest.get("seed") == seed
 
 
-def _write_split(staging: Path, split: str, split_index: int, per_class: int, seed: int) -> None:
+def _write_class(staging: Path, split: str, split_index: int, class_index: int, per_class: int, seed: int) -> list:
+    """Write the clips of one class of one split; returns their CSV rows. Each clip has its own seeded RNG,
+    so the output does not depend on which process writes it or in what order."""
+    label = CLASSES[class_index]
+    folder = staging / split / label
+    folder.mkdir(parents=True)
     rows = []
-    for class_index, label in enumerate(CLASSES):
-        folder = staging / split / label
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            rng = np.random.default_rng([seed, split_index, class_index, i])
-            youtube_id = _youtube_id(rng)
-            time_start = int(rng.integers(0, 290))
-            time_end = time_start + 10
-            write_mp4(folder / clip_name(youtube_id, time_start, time_end), render(label, rng))
-            rows.append((label, youtube_id, time_start, time_end, split))
-    with open(staging / "annotations" / f"{split}.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
+    for i in range(per_class):
+        rng = np.random.default_rng([seed, split_index, class_index, i])
+        youtube_id = _youtube_id(rng)
+        time_start = int(rng.integers(0, 290))
+        time_end = time_start + 10
+        write_mp4(folder / clip_name(youtube_id, time_start, time_end), render(label, rng))
+        rows.append((label, youtube_id, time_start, time_end, split))
+    return rows
 
 
-def build_mini(root: str | os.PathLike, seed: int = 0, force: bool = False, splits: dict[str, int] | None = None) -> Path:
+def _write_all(staging: Path, splits: dict[str, int], seed: int, workers: int) -> None:
+    jobs = [(split, split_index, class_index, per_class)
+            for split_index, (split, per_class) in enumerate(splits.items()) for class_index in range(len(CLASSES))]
+    if workers > 1:
+        # fork where available: rendering uses numpy, PIL and PyAV only (no torch / OpenMP state in the children)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            futures = [pool.submit(_write_class, staging, *job[:2], job[2], job[3], seed) for job in jobs]
+            results = [future.result() for future in futures]
+    else:
+        results = [_write_class(staging, *job[:2], job[2], job[3], seed) for job in jobs]
+    for split in splits:
+        rows = [row for job, rows in zip(jobs, results) if job[0] == split for row in rows]
+        with open(staging / "annotations" / f"{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(rows)
+
+
+def build_mini(
+    root: str | os.PathLike,
+    seed: int = 0,
+    force: bool = False,
+    splits: dict[str, int] | None = None,
+    workers: int | None = None,
+) -> Path:
     """Write the mini video dataset under ``root`` (deterministic; a no-op when already complete).
 
-    ``splits`` maps split name -> clips per class (default ``SPLITS``: 40 / 10 / 20). The clips are written to a
-    temporary sibling directory that is moved into place at the end, so an interrupted build or concurrent
-    builders never leave a half-written dataset.
+    ``splits`` maps split name -> clips per class (default ``SPLITS``). ``workers`` processes write the clips
+    (default: the CPU count, at most 4; the bytes written do not depend on it). The clips go to a temporary
+    sibling directory that is moved into place at the end, so an interrupted build or concurrent builders never
+    leave a half-written dataset.
     """
     root = Path(root)
     splits = dict(SPLITS if splits is None else splits)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if is_complete(root, seed) and not force:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
     try:
         (staging / "annotations").mkdir()
-        for split_index, (split, per_class) in enumerate(splits.items()):
-            _write_split(staging, split, split_index, per_class, seed)
+        _write_all(staging, splits, seed, workers)
         (staging / MANIFEST).write_text(json.dumps(_manifest(seed, splits), indent=1))
         if root.exists():
             if is_complete(root, seed) and not force:  # another process finished first

@@ -143,11 +143,12 @@ def as_video(frames: np.ndarray | Tensor) -> tv_tensors.Video:
 class TrainClipTransform:
     """T x 3 x H x W uint8 video -> T x 3 x frame_size x frame_size normalized float clip.
 
-    Random resized crop, horizontal flip, RandAugment (``{"num_ops": 4, "magnitude": 7}`` is the Kinetics
-    recipe's m7 n4; None disables it), ImageNet normalization, random erasing (per-pixel normal noise, timm's
-    "pixel" mode). torchvision applies each draw to the whole T x 3 x H x W tensor, so every frame of a clip gets
-    the same crop, flip, operations and erased box. Set ``hflip=0`` when the label depends on left / right
-    (the mini motion classes).
+    Random resized crop, horizontal flip, colour jitter (``[brightness, contrast, saturation, hue]``, or one
+    number for the first three; None disables it), RandAugment (``{"num_ops": 4, "magnitude": 7}`` is the
+    Kinetics recipe's m7 n4; None disables it), ImageNet normalization, random erasing (per-pixel normal noise,
+    timm's "pixel" mode). torchvision applies each draw to the whole T x 3 x H x W tensor, so every frame of a
+    clip gets the same crop, flip, colours, operations and erased box. Set ``hflip=0`` when the label depends on
+    left / right (the mini motion classes).
     """
 
     def __init__(
@@ -156,6 +157,7 @@ class TrainClipTransform:
         scale: Sequence[float] = (0.08, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
+        color_jitter: float | Sequence[float] | None = None,
         rand_augment: dict | None = None,
         re_prob: float = 0.25,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -164,6 +166,9 @@ class TrainClipTransform:
         steps: list = [v2.RandomResizedCrop(frame_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
+        if color_jitter:
+            jitter = [color_jitter] * 3 if isinstance(color_jitter, (int, float)) else list(color_jitter)
+            steps.append(v2.ColorJitter(*jitter))
         if rand_augment:
             steps.append(v2.RandAugment(**rand_augment))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
