@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import core
-from core.backbones.fast import to_fast_blocks
+from core.backbones.fast import to_fast_model
 
 # The paper's Table 6 pairs: UniRepLKNet variant -> ConvNeXt V2 counterpart.
 PAIRS = {
@@ -55,7 +55,7 @@ class Candidate:
 
 
 def build_model(name: str, structure: str) -> torch.nn.Module:
-    """A backbone in a given structure: train (as trained), deploy (re-parameterized), fast (FastBlocks)."""
+    """A backbone in a given structure: train (as trained), deploy (re-parameterized), fast (FastUniRepLKNet)."""
     if name in core.list_backbones():
         model = core.create_backbone(name, num_classes=1000)
     else:
@@ -64,7 +64,7 @@ def build_model(name: str, structure: str) -> torch.nn.Module:
     if structure == "deploy":
         core.reparameterize(model)
     elif structure == "fast":
-        to_fast_blocks(model)
+        model = to_fast_model(model)
     elif structure != "train":
         raise ValueError(f"structure must be train, deploy or fast; got {structure!r}")
     return model

@@ -1,16 +1,25 @@
 """The fast inference path: ``optimize_for_inference(model)`` returns the fastest equivalent model.
 
-Why hand-written: neither timm nor torch ships this. Profiling the deploy structure on a CPU (torch.profiler,
-batch 32 at 224) shows most time outside the depthwise convs: in the two Linear layers of the FFN, in the
-NCHW <-> NHWC copies around them, and in the element-wise passes of SE and GRN over the 4C-wide hidden map.
-The fast block keeps every tensor in NCHW (the layout where the large depthwise convs are fastest here) and
-writes the FFN as batched matrix products on the B x C x (H*W) view, so no permute copies remain. SE and GRN
-produce one scale per (sample, channel); where the weight matrix is smaller than the feature map (early stages,
-large H*W) the scale is folded into a per-sample copy of the next weight matrix instead of multiplying the map:
+Why hand-written: neither timm nor torch ships this. Profiles of the deploy structure on this project's CPU
+(torch.profiler, batch 32 at 224, see docs/performance.md) put most of the time in the two FFN matrix products
+and in the element-wise passes over the 4C-wide hidden map (bias copy, GELU, GRN scale, the NCHW <-> NHWC
+copies around the Linear layers), then in the depthwise convs. ``FastUniRepLKNet`` therefore
 
-    SE:   W1 (s * y)  = (W1 * s) y        GRN:  W2 ((1 + g Nx) * h) = (W2 * (1 + g Nx)) h
+- keeps the residual stream in NHWC (channels last), where the FFN is one plain matrix product over all
+  pixels and the stem / downsampling LayerNorms are ordinary last-dimension LayerNorms;
+- runs each depthwise conv in the memory format where it is fastest on this machine (NCHW for large kernels:
+  a 13 x 13 depthwise conv is about 2.3x slower in channels_last here; channels_last for 3 x 3), chosen by
+  timing when an example input is given; the SE scale is applied in the same pass that writes the NHWC copy;
+- computes SE on B x C vectors with plain matrix products (a 1x1 conv on a 1 x 1 map costs 10x more);
+- applies GELU in place and folds the per-sample GRN scale into a per-sample copy of the output weight
+  where that matrix is smaller than the hidden map, and accumulates the output product straight into the
+  residual sum (no separate bias copy or residual pass):
+
+      SE:   W1 (s * y)                = W1 (y')  with y' written once, already scaled, in NHWC
+      GRN:  W2 ((1 + g Nx) * h) + b2  = (W2 * (1 + g Nx)) h + b2,  accumulated into (x + b2)
 
 Everything is exact algebra, so outputs equal the eval-mode training structure to float32 round-off.
+``optimize_for_inference`` then picks eager or ``torch.compile`` by measurement.
 """
 
 from __future__ import annotations
@@ -25,95 +34,247 @@ from torch import nn
 
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
+CANDIDATES = ("eager", "compile")
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+
 
 class FastBlock(nn.Module):
-    """Inference-only UniRepLKNet block in NCHW, built from a re-parameterized ``UniRepLKNetBlock``."""
+    """Inference-only UniRepLKNet block on an NHWC (B x H x W x C) residual stream.
 
-    def __init__(self, block: UniRepLKNetBlock):
+    Built from a re-parameterized ``UniRepLKNetBlock``. ``dw_channels_first`` runs the depthwise conv in NCHW
+    (fastest for large kernels on CPUs measured here) instead of channels_last.
+    """
+
+    def __init__(self, block: UniRepLKNetBlock, dw_channels_first: bool | None = None):
         super().__init__()
         if not block.deployed:
             raise ValueError("FastBlock needs a re-parameterized block (call reparameterize() first)")
         conv = block.dwconv.lk_origin if isinstance(block.dwconv, DilatedReparamBlock) else block.dwconv
-        self.dwconv = conv  # a biased depthwise conv, or Identity for K = 0
-        self.se = block.se
+        self.kernel_size = block.kernel_size
+        if isinstance(conv, nn.Conv2d):
+            self.dw_weight = _frozen(conv.weight)  # C x 1 x K x K
+            self.dw_bias = _frozen(conv.bias)
+        else:  # K = 0: no spatial conv
+            self.dw_weight = self.dw_bias = None
+        self.dw_channels_first = bool(dw_channels_first)
+        se = block.se
+        self.se_w1, self.se_b1 = _frozen(se.down.weight.flatten(1)), _frozen(se.down.bias)  # C/4 x C
+        self.se_w2, self.se_b2 = _frozen(se.up.weight.flatten(1)), _frozen(se.up.bias)  # C x C/4
         linear1, linear2 = block.pwconv1[1], block.pwconv2[0]
-        self.w1 = nn.Parameter(linear1.weight.detach().clone(), requires_grad=False)  # 4C x C
-        self.b1 = nn.Parameter(linear1.bias.detach().clone().view(1, -1, 1), requires_grad=False)
-        self.w2 = nn.Parameter(linear2.weight.detach().clone(), requires_grad=False)  # C x 4C
-        self.b2 = nn.Parameter(linear2.bias.detach().clone().view(1, -1, 1), requires_grad=False)
-        self.grn_gamma = nn.Parameter(block.act[1].gamma.detach().clone().view(1, -1, 1), requires_grad=False)
+        self.w1, self.b1 = _frozen(linear1.weight), _frozen(linear1.bias)  # 4C x C
+        self.w2t, self.b2 = _frozen(linear2.weight.t()), _frozen(linear2.bias)  # 4C x C (transposed), C
+        self.grn_gamma = _frozen(block.act[1].gamma.flatten())  # 4C
+
+    def _dwconv(self, x: torch.Tensor) -> torch.Tensor:
+        """B x H x W x C -> the depthwise conv output as a B x C x H x W tensor (NCHW or channels_last)."""
+        k = self.kernel_size
+        nchw = x.permute(0, 3, 1, 2)  # a channels_last view
+        if self.dw_channels_first:
+            nchw = nchw.contiguous()
+        return F.conv2d(nchw, self.dw_weight, self.dw_bias, padding=k // 2, groups=self.dw_weight.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, h, w, c = x.shape
         hw = h * w
-        y = self.dwconv(x)
-        scale = torch.sigmoid(self.se.up(F.relu(self.se.down(y.mean(dim=(2, 3), keepdim=True)))))  # B x C x 1 x 1
-        y = y.reshape(b, c, hw)
-        w1 = self.w1.unsqueeze(0)
-        if 4 * c < hw:  # fold the SE scale into a per-sample W1 (cheaper than scaling the map)
-            hidden = torch.baddbmm(self.b1, w1 * scale.view(b, 1, c), y)  # B x 4C x HW
+        y = self._dwconv(x) if self.dw_weight is not None else x.permute(0, 3, 1, 2)  # B x C x H x W
+        pooled = y.mean(dim=(2, 3))  # B x C
+        scale = torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.se_w1, self.se_b1)), self.se_w2, self.se_b2))
+        # the scaled map, written once in NHWC: B x H x W x C
+        y = torch.mul(y.permute(0, 2, 3, 1), scale.view(b, 1, 1, c), out=x.new_empty(b, h, w, c))
+        hidden = F.linear(y, self.w1, self.b1)  # B x H x W x 4C
+        hidden = torch._C._nn.gelu_(hidden) if not torch.jit.is_scripting() else F.gelu(hidden)
+        hidden = hidden.view(b, hw, 4 * c)
+        gx = torch.linalg.vector_norm(hidden, ord=2, dim=1)  # GRN: B x 4C
+        grn = torch.addcmul(torch.ones_like(gx), self.grn_gamma, gx / (gx.mean(dim=1, keepdim=True) + 1e-6))
+        out = x + self.b2  # B x H x W x C: the residual sum, the FFN output is accumulated into it
+        if c < hw:  # the GRN scale folded into a per-sample W2 (smaller than the hidden map)
+            out.view(b, hw, c).baddbmm_(hidden, self.w2t * grn.view(b, 4 * c, 1))
         else:
-            hidden = torch.baddbmm(self.b1, w1.expand(b, -1, -1), y * scale.view(b, c, 1))
-        hidden = F.gelu(hidden)
-        gx = torch.linalg.vector_norm(hidden, ord=2, dim=2, keepdim=True)  # GRN: B x 4C x 1
-        grn = 1 + self.grn_gamma * (gx / (gx.mean(dim=1, keepdim=True) + 1e-6))
-        w2 = self.w2.unsqueeze(0)
-        if c < hw:
-            out = torch.baddbmm(self.b2, w2 * grn.view(b, 1, -1), hidden)  # B x C x HW
-        else:
-            out = torch.baddbmm(self.b2, w2.expand(b, -1, -1), hidden * grn)
-        return x + out.view(b, c, h, w)
+            out.view(b * hw, c).addmm_((hidden * grn.view(b, 1, 4 * c)).view(b * hw, 4 * c), self.w2t)
+        return out
 
 
-def to_fast_blocks(model: nn.Module) -> nn.Module:
-    """Re-parameterize ``model`` in place and swap every block for a ``FastBlock``."""
+class FastDownsample(nn.Module):
+    """Stem or downsampling layer (conv3x3 s2 -> LN [-> GELU -> conv3x3 s2 -> LN]) producing NHWC output.
+
+    Convs run in channels_last, the channels-first LayerNorms become last-dimension LayerNorms.
+    """
+
+    def __init__(self, layers: nn.Sequential):
+        super().__init__()
+        self.steps = nn.ModuleList()
+        self.kinds: list[str] = []
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d):
+                conv = copy.deepcopy(layer).to(memory_format=torch.channels_last)
+                self.steps.append(conv)
+                self.kinds.append("conv")
+            elif isinstance(layer, nn.LayerNorm):  # timm's LayerNorm2d subclasses nn.LayerNorm
+                self.steps.append(nn.LayerNorm(layer.normalized_shape, eps=layer.eps).to(layer.weight.device))
+                self.steps[-1].load_state_dict(layer.state_dict())
+                self.kinds.append("norm")
+            elif isinstance(layer, nn.GELU):
+                self.steps.append(nn.GELU())
+                self.kinds.append("gelu")
+            else:
+                raise TypeError(f"FastDownsample cannot convert a {type(layer).__name__}")
+
+    def forward(self, x: torch.Tensor, nhwc_input: bool = True) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2) if nhwc_input else x.contiguous(memory_format=torch.channels_last)
+        nhwc = False
+        for step, kind in zip(self.steps, self.kinds):
+            if kind == "conv":
+                x = step(x.permute(0, 3, 1, 2) if nhwc else x)
+                x, nhwc = x.permute(0, 2, 3, 1), True
+            else:
+                x = step(x)
+        return x.contiguous()
+
+
+class FastUniRepLKNet(nn.Module):
+    """Inference-only UniRepLKNet: NHWC residual stream, per-layer memory format for the depthwise convs.
+
+    Same outputs as the eval-mode ``UniRepLKNet`` it was built from (``forward``, ``forward_features``,
+    ``forward_head``); built by ``to_fast_model``.
+    """
+
+    def __init__(self, model: UniRepLKNet):
+        super().__init__()
+        model = copy.deepcopy(model).eval().reparameterize()
+        self.in_chans, self.num_classes = model.in_chans, model.num_classes
+        self.num_features, self.global_pool = model.num_features, model.global_pool
+        self.downsample_layers = nn.ModuleList(FastDownsample(layers) for layers in model.downsample_layers)
+        self.stages = nn.ModuleList(nn.Sequential(*(FastBlock(b) for b in stage)) for stage in model.stages)
+        self.norm, self.head = model.norm, model.head
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    _check_input = UniRepLKNet._check_input  # the same input check and message (uses only in_chans)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C' x H x W -> B x num_features x H/32 x W/32 (a channels_last tensor)."""
+        self._check_input(x)
+        x = self.downsample_layers[0](x, nhwc_input=False)
+        x = self.stages[0](x)
+        for i in range(1, 4):
+            x = self.stages[i](self.downsample_layers[i](x))
+        return x.permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = self.norm(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def to_fast_model(model: nn.Module) -> nn.Module:
+    """The fast inference structure of ``model`` (a copy; ``model`` is untouched).
+
+    A ``UniRepLKNet`` becomes a ``FastUniRepLKNet``; in any other model (e.g. a task wrapping a backbone)
+    every ``UniRepLKNet`` submodule is replaced. The result is in eval mode with frozen parameters.
+    """
+    if isinstance(model, UniRepLKNet):
+        return FastUniRepLKNet(model)
+    model = copy.deepcopy(model).eval()
+    replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, UniRepLKNetBlock):
-                child.reparameterize()
-                setattr(parent, name, FastBlock(child))
+            if isinstance(child, UniRepLKNet):
+                setattr(parent, name, FastUniRepLKNet(child))
+                replaced += 1
+    if not replaced:
+        raise TypeError(f"{type(model).__name__} contains no UniRepLKNet; nothing to optimize")
     return model
 
 
-def _median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
+def _median_seconds(fn, args: tuple, repeats: int) -> float:
     times = []
     with torch.inference_mode():
-        fn(x)  # warm-up (and compilation)
+        fn(*args)  # warm-up (and compilation)
         for _ in range(repeats):
             start = time.perf_counter()
-            fn(x)
+            fn(*args)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def choose_dw_formats(fast: nn.Module, example_input: torch.Tensor, repeats: int = 3) -> dict[str, str]:
+    """Time every distinct depthwise conv of ``fast`` in NCHW and channels_last at the shape it sees for
+    ``example_input`` and set each ``FastBlock`` to the faster format. Returns {block name: format}."""
+    shapes: dict[str, tuple] = {}
+
+    def record(name: str):
+        def hook(module, args) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [
+        m.register_forward_pre_hook(record(name))
+        for name, m in fast.named_modules() if isinstance(m, FastBlock) and m.dw_weight is not None
+    ]
+    try:
+        with torch.inference_mode():
+            fast(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    blocks = dict(fast.named_modules())
+    decided: dict[tuple, bool] = {}
+    choice = {}
+    for name, shape in shapes.items():
+        block: FastBlock = blocks[name]
+        key = (shape, block.kernel_size)
+        if key not in decided:
+            x = torch.randn(shape, device=example_input.device, dtype=example_input.dtype)
+            timings = {}
+            for first in (True, False):
+                block.dw_channels_first = first
+                timings[first] = _median_seconds(block._dwconv, (x,), repeats)
+            decided[key] = min(timings, key=timings.get)
+        block.dw_channels_first = decided[key]
+        choice[name] = "nchw" if decided[key] else "channels_last"
+    return choice
 
 
 def optimize_for_inference(
     model: nn.Module,
     example_input: torch.Tensor | None = None,
-    candidates: tuple[str, ...] = ("eager", "compile"),
+    candidates: tuple[str, ...] = CANDIDATES,
     repeats: int = 3,
     rtol: float = 1e-4,
 ) -> nn.Module:
     """Return the fastest equivalent inference model for the device ``model`` is on (``model`` is untouched).
 
-    The copy is put in eval mode and re-parameterized; UniRepLKNet blocks become ``FastBlock``s. With an
-    ``example_input`` the candidates ("eager", "compile" = torch.compile) are timed on it and the fastest is
-    returned, after checking its output equals the eval-mode original within ``rtol`` x max|output|.
-    Without one, the eager fast model is returned.
+    The copy is re-parameterized and rebuilt as ``FastUniRepLKNet`` (see the module docstring). With an
+    ``example_input``: each depthwise conv's memory format is chosen by timing, then the candidates ("eager",
+    "compile" = torch.compile) are timed and the fastest is returned, after checking that its output equals
+    the eval-mode original within ``rtol`` x max|output|; ``model.inference_choice`` records the choices.
+    Without one, the eager fast model with the default formats (NCHW for K >= 7) is returned.
     """
-    unknown = set(candidates) - {"eager", "compile"}
+    unknown = set(candidates) - set(CANDIDATES)
     if unknown or not candidates:
-        raise ValueError(f"candidates must be drawn from ('eager', 'compile'), got {candidates}")
-    fast = to_fast_blocks(copy.deepcopy(model).eval())
+        raise ValueError(f"candidates must be drawn from {CANDIDATES}, got {tuple(candidates)}")
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    was_training = model.training
+    fast = to_fast_model(model)
     if example_input is None:
         return fast
     with torch.inference_mode():
         reference = model.eval()(example_input)
+    model.train(was_training)
+    formats = choose_dw_formats(fast, example_input, repeats)
     options = {}
     if "eager" in candidates:
         options["eager"] = fast
     if "compile" in candidates:
         options["compile"] = torch.compile(fast)
-    timings = {name: _median_seconds(m, example_input, repeats) for name, m in options.items()}
+    timings = {name: _median_seconds(m, (example_input,), repeats) for name, m in options.items()}
     best = min(timings, key=timings.get)
     chosen = options[best]
     with torch.inference_mode():
@@ -121,8 +282,8 @@ def optimize_for_inference(
     err = (out - reference).abs().max().item()
     if err > rtol * reference.abs().max().item():
         raise RuntimeError(f"optimized model ({best}) differs from the original by {err:.3g}; please report this")
-    chosen.inference_choice = {"chosen": best, "seconds": timings}
+    chosen.inference_choice = {"chosen": best, "seconds": timings, "dw_formats": formats}
     return chosen
 
 
-__all__ = ["FastBlock", "UniRepLKNet", "optimize_for_inference", "to_fast_blocks"]
+__all__ = ["FastBlock", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model"]
