@@ -231,10 +231,9 @@ def parse_args(argv=None):
     bb.add_argument("--warmup", type=int, default=2)
     bb.add_argument("--out", default="runs/benchmarks")
     md = sub.add_parser("modalities", help="per-modality loader and training-step throughput on the mini presets")
-    md.add_argument("--modalities", type=lambda s: s.split(","), default=None)
-    md.add_argument("--batches", type=int, default=10)
-    md.add_argument("--threads", type=int, default=2)
-    md.add_argument("--out", default="runs/benchmarks")
+    from experiments.benchmark_modalities import add_arguments
+
+    add_arguments(md)
     return parser.parse_args(argv)
 
 

@@ -163,13 +163,8 @@ class FastUniRepLKNet(nn.Module):
             x = self.stages[i](self.downsample_layers[i](x))
         return x.permute(0, 3, 1, 2)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = self.norm(x.mean(dim=(2, 3)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    forward_head = UniRepLKNet.forward_head  # pooling, LayerNorm, head: unchanged
+    forward = UniRepLKNet.forward
 
 
 def to_fast_model(model: nn.Module) -> nn.Module:
