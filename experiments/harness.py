@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import math
 import subprocess
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import core
+from core.backbones import unireplknet
 from core.tasks import count_parameters
 from experiments.callbacks import RunStats
 
@@ -92,8 +95,40 @@ def _choice(group: str) -> str:
 # --- building ------------------------------------------------------------------------------------------
 
 
+def stage_kernel_sizes(name: str, per_stage) -> list[list[int]]:
+    """Per-stage kernel sizes (paper Table 3: S1-S4) -> per-block ``kernel_sizes`` of UniRepLKNet ``name``.
+
+    In each stage the blocks with a large kernel by default (K >= 7) get the stage's K, so the interleaved 3x3
+    blocks of a deep stage 3 stay 3x3; a stage without large kernels by default (stage 1) gets K in every block.
+    """
+    variant = name.removeprefix("unireplknet_")
+    if not name.startswith("unireplknet_") or variant not in unireplknet.VARIANTS:
+        raise ConfigError(f"backbone.stage_kernel_sizes applies to UniRepLKNet only, not to {name!r}")
+    per_stage = [int(k) for k in per_stage]
+    if len(per_stage) != 4:
+        raise ConfigError(f"backbone.stage_kernel_sizes needs one K per stage (4), got {per_stage}")
+    blocks = []
+    for stage, k in zip(core.default_kernel_sizes(unireplknet.VARIANTS[variant]["depths"]), per_stage):
+        has_large = any(d >= unireplknet.LARGE_KERNEL_MIN for d in stage)
+        blocks.append([k if d >= unireplknet.LARGE_KERNEL_MIN or not has_large else d for d in stage])
+    return blocks
+
+
+def expand_stage_kernels(cfg: DictConfig) -> None:
+    """Replace ``backbone.stage_kernel_sizes`` (if set) by the per-block ``backbone.kernel_sizes`` it stands for."""
+    per_stage = cfg.backbone.get("stage_kernel_sizes")
+    with open_dict(cfg):
+        cfg.backbone.pop("stage_kernel_sizes", None)
+        if per_stage is None:
+            return
+        if cfg.backbone.get("kernel_size") is not None or cfg.backbone.get("kernel_sizes") is not None:
+            raise ConfigError("give backbone.stage_kernel_sizes, backbone.kernel_size or backbone.kernel_sizes, not two")
+        cfg.backbone.kernel_sizes = stage_kernel_sizes(cfg.backbone.name, per_stage)
+
+
 def build_task(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     """Instantiate ``cfg.task``; keys left as ``???`` are taken from the DataModule attribute of that name."""
+    expand_stage_kernels(cfg)
     from_data = {}
     for key in cfg.task:
         if OmegaConf.is_missing(cfg.task, key):
@@ -214,6 +249,7 @@ def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metri
     stats = next((cb for cb in trainer.callbacks if isinstance(cb, RunStats)), None)
     checkpoint = trainer.checkpoint_callback
     record = {
+        "status": "completed",
         "modality": cfg.modality.name,
         "dataset": choices.get("data"),
         "data_root": str(Path(cfg.data.root).resolve()) if cfg.data.get("root") is not None else None,
@@ -239,6 +275,50 @@ def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metri
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
     return _jsonable(record)
+
+
+def failure_record(cfg: DictConfig, error: BaseException) -> dict:
+    """What results.json says about a run that raised: status "failed", the error and where it was raised.
+
+    A sweep (Hydra's basic launcher runs every job, then reports the first failure) thus keeps one record per
+    job, and the tables show the failed cells instead of silently leaving them out.
+    """
+    def select(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        except Exception:  # noqa: BLE001  (a config that does not resolve is what may have failed)
+            return None
+
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    return _jsonable({
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+        "modality": select("modality.name"),
+        "dataset": choices.get("data"),
+        "experiment": choices.get("experiment"),
+        "backbone": select("backbone.name"),
+        "kernel_size": select("backbone.kernel_size"),
+        "seed": select("seed"),
+        **git_state(),
+        "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        "choices": choices,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    })
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> Path | None:
+    """Write the failure record to the run directory (global rank 0 only); returns its path."""
+    if rank_zero_only.rank != 0:
+        return None
+    try:
+        run_dir = Path(cfg.paths.output_dir)
+    except Exception:  # noqa: BLE001
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = failure_record(cfg, error)
+    record["run_dir"] = str(run_dir.resolve())
+    return write_results(record, run_dir)
 
 
 def write_results(record: dict, run_dir: Path) -> Path:

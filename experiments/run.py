@@ -51,7 +51,12 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        train(cfg)
+    except Exception as error:
+        # results.json says why this run failed; Hydra then reports it (a sweep's other jobs still run)
+        harness.record_failure(cfg, error)
+        raise
 
 
 if __name__ == "__main__":
