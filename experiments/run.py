@@ -13,6 +13,7 @@ run dir (default ``runs/<modality>/<backbone>/<timestamp>/``).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments import harness
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -45,8 +48,19 @@ def train(cfg: DictConfig) -> dict:
 
     record = harness.collect_results(cfg, trainer, task, datamodule, metrics, run_dir)
     if trainer.is_global_zero:
-        harness.write_results(record, run_dir)
+        path = harness.write_results(record, run_dir)
+        log.info("%s\nresults: %s", summary(record), path.resolve())
     return record
+
+
+def summary(record: dict) -> str:
+    """The test metrics of a results record, one per line, each with its re-parameterized (deploy) twin."""
+    lines = [f"{record.get('modality')} / {record.get('backbone')}: test metrics (training structure | deploy)"]
+    for key, value in record.items():
+        if key.startswith("test/") and not key.endswith("_deploy") and isinstance(value, (int, float)):
+            deploy = record.get(f"{key}_deploy")
+            lines.append(f"  {key:<32} {value:.4f}" + (f" | {deploy:.4f}" if isinstance(deploy, (int, float)) else ""))
+    return "\n".join(lines)
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

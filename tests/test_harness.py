@@ -218,3 +218,14 @@ def test_limited_run_writes_metrics_checkpoints_and_loads_back(make_config, mini
     assert (df["dataset"] == "image_mini").all() and (df["test/acc"] == df["test/acc_deploy"]).all()
     assert (df["backbone"] == "unireplknet_test").all() and (df["choices.trainer"] == "cpu").all()
     assert load_results(tmp_path / "nothing_here").empty
+
+
+def test_run_summary_lists_test_metrics_with_their_deploy_twins():
+    from experiments.run import summary
+
+    record = {"modality": "audio", "backbone": "unireplknet_test", "test/acc": 0.925, "test/acc_deploy": 0.925,
+              "test/mse_linear": 2.5, "train_wall_time_s": 12.0}
+    lines = summary(record).splitlines()
+    assert lines[0].startswith("audio / unireplknet_test")
+    assert lines[1].split() == ["test/acc", "0.9250", "|", "0.9250"]
+    assert lines[2].split() == ["test/mse_linear", "2.5000"] and len(lines) == 3
