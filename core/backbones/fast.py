@@ -37,6 +37,21 @@ from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepL
 CANDIDATES = ("eager", "compile")
 
 
+# Measured on this project's CPU (1 thread, CPU time, batch 32; docs/performance.md): oneDNN's Linear with GELU
+# in its epilogue beats Linear + in-place GELU up to 28 x 28 maps and loses at 56 x 56; a plain sum of squares
+# beats vector_norm for the GRN norms up to 28 x 28. Both forms are the same arithmetic.
+FUSED_GELU_MAX_PIXELS = 28 * 28
+SQUARE_SUM_MAX_PIXELS = 28 * 28
+
+
+def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fused: bool) -> torch.Tensor:
+    """GELU(x W^T + b), with oneDNN's fused Linear + GELU where available and asked for."""
+    if fused and x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting():
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if torch.jit.is_scripting() else torch._C._nn.gelu_(out)
+
+
 def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
@@ -84,10 +99,13 @@ class FastBlock(nn.Module):
         scale = torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.se_w1, self.se_b1)), self.se_w2, self.se_b2))
         # the scaled map, written once in NHWC: B x H x W x C
         y = torch.mul(y.permute(0, 2, 3, 1), scale.view(b, 1, 1, c), out=x.new_empty(b, h, w, c))
-        hidden = F.linear(y, self.w1, self.b1)  # B x H x W x 4C
-        hidden = torch._C._nn.gelu_(hidden) if not torch.jit.is_scripting() else F.gelu(hidden)
+        hidden = _linear_gelu(y, self.w1, self.b1, fused=hw <= FUSED_GELU_MAX_PIXELS)  # B x H x W x 4C
         hidden = hidden.view(b, hw, 4 * c)
-        gx = torch.linalg.vector_norm(hidden, ord=2, dim=1)  # GRN: B x 4C
+        # GRN: B x 4C L2 norms over the pixels (a sum of squares is faster than vector_norm on small maps)
+        if hw <= SQUARE_SUM_MAX_PIXELS:
+            gx = hidden.square().sum(dim=1).sqrt()
+        else:
+            gx = torch.linalg.vector_norm(hidden, ord=2, dim=1)
         grn = torch.addcmul(torch.ones_like(gx), self.grn_gamma, gx / (gx.mean(dim=1, keepdim=True) + 1e-6))
         out = x + self.b2  # B x H x W x C: the residual sum, the FFN output is accumulated into it
         if c < hw:  # the GRN scale folded into a per-sample W2 (smaller than the hidden map)
