@@ -30,9 +30,10 @@ from experiments.harness import CONFIG_DIR, RESULTS_FILE
 
 REPO_ROOT = CONFIG_DIR.parents[1]
 RUNS_DIR = REPO_ROOT / "runs"
-# a few batches of each loop: seconds on a CPU, enough for a learning curve with two points per epoch metric
-QUICK_OVERRIDES = ("trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                   "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "data.num_workers=0")
+# one short epoch (three training batches, one of each evaluation loop): seconds on a CPU, still a checkpoint,
+# a metrics.csv and a results.json like a real run's
+QUICK_OVERRIDES = ("trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+                   "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1", "data.num_workers=0")
 # the CPU budget of the mini sweeps (experiments/configs/sweep/mini_budget.yaml): a couple of minutes
 FULL_OVERRIDES = ("sweep=mini_budget", "trainer.log_every_n_steps=5")
 

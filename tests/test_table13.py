@@ -72,6 +72,9 @@ def test_kernel_size_sweep_covers_3_to_17():
     cfg = compose_config(["sweep=kernel_size", "modality=image"])
     assert [int(k) for k in cfg.hydra.sweeper.params["backbone.kernel_size"].split(",")] == [3, 5, 7, 9, 11, 13, 15, 17]
     assert compose_config(["sweep=kernel_size", "modality=image", "backbone.kernel_size=5"]).backbone.kernel_size == 5
+    alone = compose_config(["sweep=mini_budget", "modality=audio"])  # one run at the budget, no multirun
+    assert alone.trainer.max_epochs == alone.mini_budget.audio.max_epochs
+    assert not alone.hydra.sweeper.params
 
 
 def test_stage_kernel_sizes_follow_table3():
