@@ -44,7 +44,7 @@ CLASSES = (
     "drifting slowly",
     "drifting fast",
 )
-SPLITS = MappingProxyType({"train": 40, "val": 10, "test": 20})  # clips per class (read-only)
+SPLITS = MappingProxyType({"train": 100, "val": 10, "test": 20})  # clips per class (read-only)
 FRAME_SIZE = 32
 NUM_FRAMES = 40
 FPS = 25
@@ -53,16 +53,16 @@ SPRITE_SIZE = 48  # resolution of the object texture and outline: about the size
 # motion ranges (uniform; "radius" log-uniform): px / frame, rad / frame, log-radius / frame; "centre" in frame units
 MOTION = MappingProxyType({
     "centre": (0.3, 0.7),
-    "radius": (6.0, 9.0),
-    "speed": (0.45, 0.6),
+    "radius": (8.0, 11.0),
+    "speed": (0.55, 0.7),
     "slow_drift": (0.08, 0.14),
     "fast_drift": (0.6, 0.75),
-    "spin": (0.08, 0.12),
-    "growth": (0.02, 0.03),
+    "spin": (0.12, 0.16),
+    "growth": (0.03, 0.04),
 })
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 MANIFEST = "mini_manifest.json"
-VERSION = 2
+VERSION = 3
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -101,9 +101,9 @@ def _texture(rng: np.random.Generator, colours: np.ndarray, size: int, cells: in
 
 def _object_sprite(rng: np.random.Generator, colours: np.ndarray, size: int) -> np.ndarray:
     """size x size x 4 RGBA sprite: an irregular textured polygon of radius <= 0.95 (normalized coordinates)."""
-    num_vertices = int(rng.integers(4, 8))
+    num_vertices = int(rng.integers(3, 6))
     angles = np.sort(rng.uniform(0, 2 * np.pi, size=num_vertices))
-    radii = rng.uniform(0.4, 0.95, size=num_vertices)
+    radii = rng.uniform(0.3, 0.95, size=num_vertices)
     # the polygon is star-shaped around the origin: a pixel is inside when its radius is below the boundary
     # radius interpolated between the two neighbouring vertices
     coords = (np.arange(size) + 0.5) / size * 2 - 1
