@@ -81,3 +81,15 @@ def test_optimize_for_inference_keeps_original_and_checks_output():
         optimize_for_inference(model, x, candidates=("tensorrt",))
     with pytest.raises(TypeError, match="example_input must be a tensor"):
         optimize_for_inference(model, [x])
+
+
+@pytest.mark.slow
+def test_optimize_for_inference_with_compile_candidate():
+    """torch.compile of the fast model (the fused oneDNN Linear+GELU is left to inductor) gives the same outputs."""
+    torch.manual_seed(3)
+    model = randomize(core.create_backbone("unireplknet_test", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    fast = optimize_for_inference(model, x, candidates=("compile",), repeats=1)
+    assert fast.inference_choice["chosen"] == "compile"
+    with torch.no_grad():
+        assert close(fast(x), model(x), rtol=1e-4)

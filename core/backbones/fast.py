@@ -45,8 +45,10 @@ SQUARE_SUM_MAX_PIXELS = 28 * 28
 
 
 def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fused: bool) -> torch.Tensor:
-    """GELU(x W^T + b), with oneDNN's fused Linear + GELU where available and asked for."""
-    if fused and x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting():
+    """GELU(x W^T + b), with oneDNN's fused Linear + GELU where available and asked for (eager only:
+    torch.compile fuses the GELU itself and cannot lower this op with unpacked weights)."""
+    if (fused and x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling()):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
     out = F.linear(x, weight, bias)
     return F.gelu(out) if torch.jit.is_scripting() else torch._C._nn.gelu_(out)
