@@ -7,9 +7,11 @@ copies around the Linear layers), then in the depthwise convs. ``FastUniRepLKNet
 
 - keeps the residual stream in NHWC (channels last), where the FFN is one plain matrix product over all
   pixels and the stem / downsampling LayerNorms are ordinary last-dimension LayerNorms;
-- runs each depthwise conv in the memory format where it is fastest on this machine (NCHW for large kernels:
-  a 13 x 13 depthwise conv is about 2.3x slower in channels_last here; channels_last for 3 x 3), chosen by
-  timing when an example input is given; the SE scale is applied in the same pass that writes the NHWC copy;
+- runs each depthwise conv in the memory format measured fastest for its shape when an example input is given
+  (``choose_dw_formats``), channels_last otherwise: with torch 2.9.1 on this project's CPU a 13 x 13 depthwise
+  conv ran 8-30x faster in channels_last than in NCHW, the reverse of what a sibling machine showed
+  (environment.md), so the format is measured, not assumed; the SE scale is applied in the pass that writes
+  the NHWC FFN input;
 - computes SE on B x C vectors with plain matrix products (a 1x1 conv on a 1 x 1 map costs 10x more);
 - applies GELU in place and folds the per-sample GRN scale into a per-sample copy of the output weight
   where that matrix is smaller than the hidden map, and accumulates the output product straight into the
@@ -62,7 +64,7 @@ class FastBlock(nn.Module):
     """Inference-only UniRepLKNet block on an NHWC (B x H x W x C) residual stream.
 
     Built from a re-parameterized ``UniRepLKNetBlock``. ``dw_channels_first`` runs the depthwise conv in NCHW
-    (fastest for large kernels on CPUs measured here) instead of channels_last.
+    instead of channels_last (``choose_dw_formats`` sets it by timing).
     """
 
     def __init__(self, block: UniRepLKNetBlock, dw_channels_first: bool | None = None):
@@ -269,7 +271,7 @@ def optimize_for_inference(
     ``example_input``: each depthwise conv's memory format is chosen by timing, then the candidates ("eager",
     "compile" = torch.compile) are timed and the fastest is returned, after checking that its output equals
     the eval-mode original within ``rtol`` x max|output|; ``model.inference_choice`` records the choices.
-    Without one, the eager fast model with the default formats (NCHW for K >= 7) is returned.
+    Without one, the eager fast model with the default format (channels_last depthwise convs) is returned.
     """
     unknown = set(candidates) - set(CANDIDATES)
     if unknown or not candidates:
