@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import core
-from core.backbones.fast import to_fast_model
+from core.backbones.fast import compile_model, to_fast_model
 
 # The paper's Table 6 pairs: UniRepLKNet variant -> ConvNeXt V2 counterpart.
 PAIRS = {
@@ -131,7 +131,7 @@ def run_backbones(args) -> pd.DataFrame:
                     model = copy.deepcopy(base).to(dtype=dtypes[dt])
                     if fmt == "channels_last":
                         model = model.to(memory_format=torch.channels_last)
-                    fn = torch.compile(model) if mode == "compile" else model
+                    fn = compile_model(model, mode)
                     candidates.append(Candidate(
                         f"{name}:{structure}/{mode}/{fmt}/{dt}", name, structure, mode, fmt, dt, fn, params, macs
                     ))
@@ -236,7 +236,7 @@ def parse_args(argv=None):
     bb = sub.add_parser("backbones", help="throughput of backbones side by side")
     bb.add_argument("--models", type=lambda s: s.split(","), default=DEFAULT_MODELS,
                     help="comma list of name[:structure], structure in train/deploy/fast")
-    bb.add_argument("--modes", type=lambda s: s.split(","), default=["eager"], help="eager,compile")
+    bb.add_argument("--modes", type=lambda s: s.split(","), default=["eager"], help="any of eager,compile,compile_frozen (Inductor freezing: constant weights)")
     bb.add_argument("--formats", type=lambda s: s.split(","), default=["nchw"], help="nchw,channels_last")
     bb.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp32"], help="fp32,bf16")
     bb.add_argument("--device", default="cpu")

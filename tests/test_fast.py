@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import core
-from core.backbones.fast import FastBlock, FastUniRepLKNet, optimize_for_inference, to_fast_model
+from core.backbones.fast import FastBlock, FastUniRepLKNet, compile_model, optimize_for_inference, to_fast_model
 from tests.test_backbone import randomize
 
 
@@ -84,12 +84,21 @@ def test_optimize_for_inference_keeps_original_and_checks_output():
 
 
 @pytest.mark.slow
-def test_optimize_for_inference_with_compile_candidate():
-    """torch.compile of the fast model (the fused oneDNN Linear+GELU is left to inductor) gives the same outputs."""
+@pytest.mark.parametrize("mode", ["compile", "compile_frozen"])
+def test_optimize_for_inference_with_compile_candidate(mode):
+    """torch.compile of the fast model (the fused oneDNN Linear+GELU is left to inductor), with and without
+    Inductor's weight freezing, gives the same outputs."""
     torch.manual_seed(3)
     model = randomize(core.create_backbone("unireplknet_test", num_classes=10)).eval()
     x = torch.randn(2, 3, 64, 64)
-    fast = optimize_for_inference(model, x, candidates=("compile",), repeats=1)
-    assert fast.inference_choice["chosen"] == "compile"
+    fast = optimize_for_inference(model, x, candidates=(mode,), repeats=1)
+    assert fast.inference_choice["chosen"] == mode
     with torch.no_grad():
         assert close(fast(x), model(x), rtol=1e-4)
+
+
+def test_compile_model_modes():
+    model = nn.Linear(2, 2)
+    assert compile_model(model, "eager") is model
+    with pytest.raises(ValueError, match="unknown mode 'jit'; valid choices: eager, compile, compile_frozen"):
+        compile_model(model, "jit")

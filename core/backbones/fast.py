@@ -36,7 +36,20 @@ from torch import nn
 
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
-CANDIDATES = ("eager", "compile")
+CANDIDATES = ("eager", "compile", "compile_frozen")
+
+
+def compile_model(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` as run by a candidate mode: "eager" (itself), "compile" (``torch.compile``) or
+    "compile_frozen" (``torch.compile`` with Inductor's freezing: weights become constants, so on CPU the convs
+    and Linears are lowered to oneDNN with pre-packed weights and fused epilogues; inference only)."""
+    if mode == "eager":
+        return model
+    if mode == "compile":
+        return torch.compile(model)
+    if mode == "compile_frozen":
+        return torch.compile(model, options={"freezing": True})
+    raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(CANDIDATES)}")
 
 
 # Measured on this project's CPU (1 thread, CPU time, batch 32; docs/performance.md): oneDNN's Linear with GELU
@@ -269,7 +282,7 @@ def optimize_for_inference(
 
     The copy is re-parameterized and rebuilt as ``FastUniRepLKNet`` (see the module docstring). With an
     ``example_input``: each depthwise conv's memory format is chosen by timing, then the candidates ("eager",
-    "compile" = torch.compile) are timed and the fastest is returned, after checking that its output equals
+    "compile", "compile_frozen": see ``compile_model``) are timed and the fastest is returned, after checking that its output equals
     the eval-mode original within ``rtol`` x max|output|; ``model.inference_choice`` records the choices.
     Without one, the eager fast model with the default format (channels_last depthwise convs) is returned.
     """
@@ -286,11 +299,7 @@ def optimize_for_inference(
         reference = model.eval()(example_input)
     model.train(was_training)
     formats = choose_dw_formats(fast, example_input, repeats)
-    options = {}
-    if "eager" in candidates:
-        options["eager"] = fast
-    if "compile" in candidates:
-        options["compile"] = torch.compile(fast)
+    options = {name: compile_model(fast, name) for name in CANDIDATES if name in candidates}
     timings = {name: _median_seconds(m, (example_input,), repeats) for name, m in options.items()}
     best = min(timings, key=timings.get)
     chosen = options[best]
@@ -303,4 +312,4 @@ def optimize_for_inference(
     return chosen
 
 
-__all__ = ["FastBlock", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model"]
+__all__ = ["compile_model", "FastBlock", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model"]
