@@ -56,14 +56,16 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
 # in its epilogue beats Linear + in-place GELU up to 28 x 28 maps and loses at 56 x 56; a plain sum of squares
 # beats vector_norm for the GRN norms up to 28 x 28. Both forms are the same arithmetic.
 FUSED_GELU_MAX_PIXELS = 28 * 28
+_MKLDNN = torch.backends.mkldnn.is_available()
 SQUARE_SUM_MAX_PIXELS = 28 * 28
 
 
 def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fused: bool) -> torch.Tensor:
     """GELU(x W^T + b), with oneDNN's fused Linear + GELU where available and asked for (eager only:
     torch.compile fuses the GELU itself and cannot lower this op with unpacked weights)."""
-    if (fused and x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling()):
+    # is_compiling() first: Dynamo treats it as a constant, while mkldnn.is_available() would break the graph
+    if (fused and not torch.compiler.is_compiling() and not torch.jit.is_scripting() and x.device.type == "cpu"
+            and _MKLDNN):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
     out = F.linear(x, weight, bias)
     return F.gelu(out) if torch.jit.is_scripting() else torch._C._nn.gelu_(out)
