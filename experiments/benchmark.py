@@ -3,6 +3,7 @@
     python experiments/benchmark.py backbones                      # A/F/P/N vs ConvNeXt V2 A/F/P/N, 2 threads
     python experiments/benchmark.py backbones --models unireplknet_a:fast,convnextv2_atto --modes eager,compile
     python experiments/benchmark.py modalities --modalities audio,image
+    python experiments/benchmark.py profile --models unireplknet_n:fast/eager,convnextv2_nano:train/compile
 
 All candidates of a run are measured interleaved (round-robin over repeats), so the machine's drift hits them
 alike; medians and ratios to a reference are reported, with the achieved FLOP/s as a fraction of this machine's
@@ -250,6 +251,10 @@ def parse_args(argv=None):
     from experiments.benchmark_modalities import add_arguments
 
     add_arguments(md)
+    pr = sub.add_parser("profile", help="torch.profiler self CPU time per kind of operation, models side by side")
+    from experiments.benchmark_profile import add_arguments as add_profile_arguments
+
+    add_profile_arguments(pr)
     return parser.parse_args(argv)
 
 
@@ -261,6 +266,10 @@ def main(argv=None) -> None:
         df = run_backbones(args)
         path = write_backbone_report(df, args)
         print(path.read_text())
+    elif args.command == "profile":
+        from experiments.benchmark_profile import run_profile
+
+        print(run_profile(args))
     else:
         from experiments.benchmark_modalities import run_modalities
 

@@ -43,3 +43,34 @@ def test_loader_vs_step_row_for_a_modality(mini_image_root):
     assert loader_throughput([([0], [1, 2]), ([0], [3])], batches=3)[1] == 4
     with pytest.raises(ValueError, match="unknown modality 'radar'"):
         compose_modality("radar")
+
+
+def test_profile_groups_operators_by_kind():
+    from experiments.benchmark_profile import OTHER, op_group
+
+    assert op_group("aten::mkldnn_convolution", [[32, 80, 56, 56], [80, 1, 13, 13], [80]]) == "depthwise conv"
+    assert op_group("aten::mkldnn_convolution", [[32, 40, 112, 112], [80, 40, 3, 3], [80]]) == "dense conv (stem, downsampling)"
+    assert op_group("aten::baddbmm_", []) == "matrix products (FFN, SE, head)"
+    assert op_group("mkldnn::_linear_pointwise", []) == "matrix products (FFN, SE, head)"
+    assert op_group("aten::native_layer_norm", []) == "LayerNorm"
+    assert op_group("aten::linalg_vector_norm", []) == "norms / reductions (GRN, SE pooling)"
+    assert op_group("cpp_fused_add_gelu_mul_0", []) == "Inductor fused kernels (element-wise, norms, reductions)"
+    assert op_group("aten::sigmoid", []) == OTHER
+    # Inductor's C++ kernels run inside the compiled-graph wrapper: its self time
+    assert op_group("## Call CompiledFxGraph fabc ##", []) == op_group("cpp_fused_gelu_1", [])
+
+
+def test_profile_table_sums_to_the_total(tmp_path):
+    args = benchmark.parse_args([
+        "profile", "--models", "unireplknet_test:fast/eager,convnext_atto", "--batch-size", "2",
+        "--resolution", "32", "--threads", "1", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path),
+    ])
+    from experiments.benchmark_profile import run_profile
+
+    text = run_profile(args)
+    assert "unireplknet_test:fast/eager" in text and "convnext_atto:train/eager" in text
+    assert "depthwise conv" in text and "matrix products" in text
+    assert (tmp_path / "profile.md").read_text().strip() == text.strip()
+    ops = pd.read_csv(tmp_path / "profile_ops.csv")
+    assert set(ops["model"]) == {"unireplknet_test:fast/eager", "convnext_atto:train/eager"}
+    assert (ops["self_cpu_s"] >= 0).all()
