@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+PRODUCTS = "matrix products (FFN as Linear or 1x1 conv, SE, head)"
 INDUCTOR = "Inductor fused kernels (element-wise, norms, reductions)"
 # group -> operator-name fragments (first match wins; checked in this order)
 GROUPS = (
     (INDUCTOR, ("cpp_fused", "kernel_cpp")),
-    ("matrix products (FFN, SE, head)", ("addmm", "aten::mm", "bmm", "linear_pointwise", "mkldnn_linear",
+    (PRODUCTS, ("addmm", "aten::mm", "bmm", "linear_pointwise", "mkldnn_linear",
                                          "mkl_linear", "_mkl_", "aten::linear")),
     ("convolution", ("conv",)),
     ("GELU", ("gelu",)),
@@ -44,6 +45,8 @@ def op_group(name: str, input_shapes) -> str:
         if any(fragment in lowered for fragment in fragments):
             if group == "convolution":
                 weight = input_shapes[1] if input_shapes and len(input_shapes) > 1 else []
+                if len(weight) == 4 and weight[2:] == [1, 1]:  # a 1x1 conv is a matrix product (ConvNeXt V2's FFN)
+                    return PRODUCTS
                 return "depthwise conv" if len(weight) == 4 and weight[1] == 1 else "dense conv (stem, downsampling)"
             return group
     return OTHER

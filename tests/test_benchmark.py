@@ -46,12 +46,13 @@ def test_loader_vs_step_row_for_a_modality(mini_image_root):
 
 
 def test_profile_groups_operators_by_kind():
-    from experiments.benchmark_profile import OTHER, op_group
+    from experiments.benchmark_profile import OTHER, PRODUCTS, op_group
 
     assert op_group("aten::mkldnn_convolution", [[32, 80, 56, 56], [80, 1, 13, 13], [80]]) == "depthwise conv"
     assert op_group("aten::mkldnn_convolution", [[32, 40, 112, 112], [80, 40, 3, 3], [80]]) == "dense conv (stem, downsampling)"
-    assert op_group("aten::baddbmm_", []) == "matrix products (FFN, SE, head)"
-    assert op_group("mkldnn::_linear_pointwise", []) == "matrix products (FFN, SE, head)"
+    assert op_group("aten::baddbmm_", []) == PRODUCTS
+    assert op_group("mkldnn::_linear_pointwise", []) == PRODUCTS
+    assert op_group("aten::mkldnn_convolution", [[32, 80, 56, 56], [320, 80, 1, 1], [320]]) == PRODUCTS
     assert op_group("aten::native_layer_norm", []) == "LayerNorm"
     assert op_group("aten::linalg_vector_norm", []) == "norms / reductions (GRN, SE pooling)"
     assert op_group("cpp_fused_add_gelu_mul_0", []) == "Inductor fused kernels (element-wise, norms, reductions)"

@@ -52,21 +52,30 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
     raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(CANDIDATES)}")
 
 
-# Measured on this project's CPU (1 thread, CPU time, batch 32; docs/performance.md): oneDNN's Linear with GELU
-# in its epilogue beats Linear + in-place GELU up to 28 x 28 maps and loses at 56 x 56; a plain sum of squares
-# beats vector_norm for the GRN norms up to 28 x 28. Both forms are the same arithmetic.
-FUSED_GELU_MAX_PIXELS = 28 * 28
-_MKLDNN = torch.backends.mkldnn.is_available()
+# Measured on this project's CPU (batch 32; docs/performance.md): the first FFN product with GELU in oneDNN's
+# epilogue beats Linear + separate GELU at every map size; up to 28 x 28 maps as a Linear (1 thread, CPU time),
+# on 56 x 56 maps as a 1x1 convolution over the channels_last view (139 vs 165 ms as a fused Linear and 181 ms
+# as Linear + GELU, UniRepLKNet-N stage 1, 2 threads). A plain sum of squares beats vector_norm for the GRN
+# norms up to 28 x 28. All forms are the same arithmetic.
+FUSED_LINEAR_MAX_PIXELS = 28 * 28
 SQUARE_SUM_MAX_PIXELS = 28 * 28
+_MKLDNN = torch.backends.mkldnn.is_available()
 
 
-def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fused: bool) -> torch.Tensor:
-    """GELU(x W^T + b), with oneDNN's fused Linear + GELU where available and asked for (eager only:
-    torch.compile fuses the GELU itself and cannot lower this op with unpacked weights)."""
-    # is_compiling() first: Dynamo treats it as a constant, while mkldnn.is_available() would break the graph
-    if (fused and not torch.compiler.is_compiling() and not torch.jit.is_scripting() and x.device.type == "cpu"
-            and _MKLDNN):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GELU(x W^T + b) for a B x H x W x C map, in oneDNN's fused form where available (eager on CPU: neither
+    TorchScript nor torch.compile can lower these ops with unpacked weights; torch.compile fuses the GELU
+    itself)."""
+    if not torch.compiler.is_compiling() and not torch.jit.is_scripting() and x.device.type == "cpu" and _MKLDNN:
+        # is_compiling() first: Dynamo treats it as a constant, where mkldnn.is_available() breaks the graph
+        b, h, w, c = x.shape
+        if h * w <= FUSED_LINEAR_MAX_PIXELS:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+        out = torch.ops.mkldnn._convolution_pointwise(  # NCHW view of NHWC memory: a channels_last 1x1 conv
+            x.permute(0, 3, 1, 2), weight.view(weight.shape[0], c, 1, 1), bias,
+            [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none",
+        )
+        return out.permute(0, 2, 3, 1).contiguous()  # a no-op: the output is channels_last
     out = F.linear(x, weight, bias)
     return F.gelu(out) if torch.jit.is_scripting() else torch._C._nn.gelu_(out)
 
@@ -118,7 +127,7 @@ class FastBlock(nn.Module):
         scale = torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.se_w1, self.se_b1)), self.se_w2, self.se_b2))
         # the scaled map, written once in NHWC: B x H x W x C
         y = torch.mul(y.permute(0, 2, 3, 1), scale.view(b, 1, 1, c), out=x.new_empty(b, h, w, c))
-        hidden = _linear_gelu(y, self.w1, self.b1, fused=hw <= FUSED_GELU_MAX_PIXELS)  # B x H x W x 4C
+        hidden = _linear_gelu(y, self.w1, self.b1)  # B x H x W x 4C
         hidden = hidden.view(b, hw, 4 * c)
         # GRN: B x 4C L2 norms over the pixels (a sum of squares is faster than vector_norm on small maps)
         if hw <= SQUARE_SUM_MAX_PIXELS:
