@@ -237,7 +237,8 @@ def parse_args(argv=None):
     bb = sub.add_parser("backbones", help="throughput of backbones side by side")
     bb.add_argument("--models", type=lambda s: s.split(","), default=DEFAULT_MODELS,
                     help="comma list of name[:structure], structure in train/deploy/fast")
-    bb.add_argument("--modes", type=lambda s: s.split(","), default=["eager"], help="any of eager,compile,compile_frozen (Inductor freezing: constant weights)")
+    bb.add_argument("--modes", type=lambda s: s.split(","), default=["eager"],
+                    help="any of eager,compile,compile_frozen (Inductor freezing: constant weights)")
     bb.add_argument("--formats", type=lambda s: s.split(","), default=["nchw"], help="nchw,channels_last")
     bb.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp32"], help="fp32,bf16")
     bb.add_argument("--device", default="cpu")

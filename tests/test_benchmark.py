@@ -49,7 +49,8 @@ def test_profile_groups_operators_by_kind():
     from experiments.benchmark_profile import OTHER, PRODUCTS, op_group
 
     assert op_group("aten::mkldnn_convolution", [[32, 80, 56, 56], [80, 1, 13, 13], [80]]) == "depthwise conv"
-    assert op_group("aten::mkldnn_convolution", [[32, 40, 112, 112], [80, 40, 3, 3], [80]]) == "dense conv (stem, downsampling)"
+    dense = op_group("aten::mkldnn_convolution", [[32, 40, 112, 112], [80, 40, 3, 3], [80]])
+    assert dense == "dense conv (stem, downsampling)"
     assert op_group("aten::baddbmm_", []) == PRODUCTS
     assert op_group("mkldnn::_linear_pointwise", []) == PRODUCTS
     assert op_group("aten::mkldnn_convolution", [[32, 80, 56, 56], [320, 80, 1, 1], [320]]) == PRODUCTS

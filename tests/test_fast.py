@@ -18,7 +18,8 @@ def close(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> bool
 
 
 @pytest.mark.parametrize("kernel_size", [0, 3, 13])
-@pytest.mark.parametrize("size", [32, 96, 128])  # GRN scale on the map / in the weights; 128: 32 x 32 stage-1 maps (1x1-conv FFN)
+# GRN scale on the map / in the weights; 128: 32 x 32 stage-1 maps (the FFN's first product as a 1x1 conv)
+@pytest.mark.parametrize("size", [32, 96, 128])
 @pytest.mark.parametrize("dw_channels_first", [False, True])
 def test_fast_model_equals_training_structure(kernel_size, size, dw_channels_first):
     torch.manual_seed(kernel_size)

@@ -13,15 +13,16 @@ copies around the Linear layers), then in the depthwise convs. ``FastUniRepLKNet
   (environment.md), so the format is measured, not assumed; the SE scale is applied in the pass that writes
   the NHWC FFN input;
 - computes SE on B x C vectors with plain matrix products (a 1x1 conv on a 1 x 1 map costs 10x more);
-- applies GELU in place and folds the per-sample GRN scale into a per-sample copy of the output weight
-  where that matrix is smaller than the hidden map, and accumulates the output product straight into the
-  residual sum (no separate bias copy or residual pass):
+- applies GELU in oneDNN's epilogue of the first FFN product, folds the per-sample GRN scale into a
+  per-sample copy of the output weight where that matrix is smaller than the hidden map, and accumulates the
+  output product straight into the residual sum (no separate bias copy or residual pass):
 
       SE:   W1 (s * y)                = W1 (y')  with y' written once, already scaled, in NHWC
       GRN:  W2 ((1 + g Nx) * h) + b2  = (W2 * (1 + g Nx)) h + b2,  accumulated into (x + b2)
 
 Everything is exact algebra, so outputs equal the eval-mode training structure to float32 round-off.
-``optimize_for_inference`` then picks eager or ``torch.compile`` by measurement.
+``optimize_for_inference`` then picks eager or ``torch.compile`` (with or without weight freezing) by
+measurement.
 """
 
 from __future__ import annotations
@@ -293,8 +294,9 @@ def optimize_for_inference(
 
     The copy is re-parameterized and rebuilt as ``FastUniRepLKNet`` (see the module docstring). With an
     ``example_input``: each depthwise conv's memory format is chosen by timing, then the candidates ("eager",
-    "compile", "compile_frozen": see ``compile_model``) are timed and the fastest is returned, after checking that its output equals
-    the eval-mode original within ``rtol`` x max|output|; ``model.inference_choice`` records the choices.
+    "compile", "compile_frozen": see ``compile_model``) are timed and the fastest is returned, after checking
+    that its output equals the eval-mode original within ``rtol`` x max|output|; ``model.inference_choice``
+    records the choices.
     Without one, the eager fast model with the default format (channels_last depthwise convs) is returned.
     """
     unknown = set(candidates) - set(CANDIDATES)
