@@ -7,14 +7,13 @@ of the class, so the classes cannot be told apart by mean colour: a model has to
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from modalities.mini_build import MANIFEST, build_atomically, manifest_matches  # noqa: F401 (re-exported)
 
 CLASSES = (
     "circle",
@@ -31,7 +30,6 @@ CLASSES = (
 SPLITS = {"train": 120, "val": 20, "test": 40}  # images per class
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges
-MANIFEST = "mini_manifest.json"
 VERSION = 2
 
 
@@ -124,14 +122,7 @@ def _manifest(seed: int, size: int, splits: dict[str, int]) -> dict:
 
 def is_complete(root: str | os.PathLike, seed: int = 0) -> bool:
     """True when ``root`` holds a finished mini dataset built with ``seed`` (and this builder's version)."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return manifest.get("version") == VERSION and manifest.get("seed") == seed
+    return manifest_matches(root, version=VERSION, seed=seed)
 
 
 def build_mini(
@@ -143,16 +134,11 @@ def build_mini(
 ) -> Path:
     """Write the mini image dataset under ``root`` (deterministic; a no-op when already complete).
 
-    The images are generated in a temporary sibling directory and moved into place at the end, so an
-    interrupted build or several processes building at once never leave a half-written dataset behind.
+    Built in a temporary sibling directory and moved into place at the end (``modalities.mini_build``).
     """
-    root = Path(root)
     splits = dict(SPLITS if splits is None else splits)
-    if is_complete(root, seed) and not force:
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
-    try:
+
+    def write(staging: Path) -> dict:
         for split_index, (split, per_class) in enumerate(splits.items()):
             for class_index, name in enumerate(CLASSES):
                 folder = staging / split / name
@@ -160,17 +146,6 @@ def build_mini(
                 for i in range(per_class):
                     rng = np.random.default_rng([seed, split_index, class_index, i])
                     render(name, rng, image_size).save(folder / f"{name}_{i:04d}.png")
-        (staging / MANIFEST).write_text(json.dumps(_manifest(seed, image_size, splits), indent=1))
-        if root.exists():
-            if is_complete(root, seed) and not force:  # another process finished first
-                return root
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not is_complete(root, seed):  # not a concurrent builder winning the race: a real error
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
+        return _manifest(seed, image_size, splits)
+
+    return build_atomically(root, write, lambda path: is_complete(path, seed), force)

@@ -13,16 +13,14 @@ augmentation, rotation about the up axis, suits it). Numbering runs on from trai
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
+from modalities.mini_build import MANIFEST, build_atomically, manifest_matches  # noqa: F401 (re-exported)
 from modalities.pointcloud.preprocess import rotation_about_axis
 
 CLASSES = (
@@ -42,7 +40,6 @@ CLASSES = (
 SPLITS = MappingProxyType({"train": 80, "test": 30})  # meshes per class
 SCALE_RANGE = (0.8, 1.25)  # per-axis scale of every instance: varied, yet a box never becomes a flat box
 MAX_TILT = math.radians(15)  # away from upright, about the x and the y axis
-MANIFEST = "mini_manifest.json"
 VERSION = 3
 
 
@@ -130,14 +127,7 @@ def _manifest(seed: int, splits: dict[str, int]) -> dict:
 
 def is_complete(root: str | os.PathLike, seed: int = 0) -> bool:
     """True when ``root`` holds a finished mini dataset built with ``seed`` (and this builder's version)."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return manifest.get("version") == VERSION and manifest.get("seed") == seed
+    return manifest_matches(root, version=VERSION, seed=seed)
 
 
 def build_mini(
@@ -145,18 +135,13 @@ def build_mini(
 ) -> Path:
     """Write the mini point-cloud dataset under ``root`` (deterministic; a no-op when already complete).
 
-    The meshes are written to a temporary sibling directory that is moved into place at the end, so an
-    interrupted build, or several processes building at once, never leave a half-written dataset behind.
+    Built in a temporary sibling directory and moved into place at the end (``modalities.mini_build``).
     """
     import open3d as o3d
 
-    root = Path(root)
     splits = dict(SPLITS if splits is None else splits)
-    if is_complete(root, seed) and not force:
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
-    try:
+
+    def write(staging: Path) -> dict:
         for class_index, name in enumerate(CLASSES):
             number = 0
             for split, count in splits.items():
@@ -168,17 +153,6 @@ def build_mini(
                     path = folder / f"{name}_{number:04d}.off"
                     if not o3d.io.write_triangle_mesh(str(path), make_instance(name, rng), write_ascii=True):
                         raise OSError(f"open3d could not write {path}")
-        (staging / MANIFEST).write_text(json.dumps(_manifest(seed, splits), indent=1))
-        if root.exists():
-            if is_complete(root, seed) and not force:  # another process finished first
-                return root
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not is_complete(root, seed):  # not a concurrent builder winning the race: a real error
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
+        return _manifest(seed, splits)
+
+    return build_atomically(root, write, lambda path: is_complete(path, seed), force)

@@ -18,12 +18,9 @@ centre frame used in evaluation - cannot tell the classes apart; telling them ap
 from __future__ import annotations
 
 import csv
-import json
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
@@ -31,6 +28,8 @@ from types import MappingProxyType
 import av
 import numpy as np
 from PIL import Image
+
+from modalities.mini_build import MANIFEST, build_atomically, manifest_matches  # noqa: F401 (re-exported)
 
 CLASSES = (
     "moving left",
@@ -61,7 +60,6 @@ MOTION = MappingProxyType({
     "growth": (0.03, 0.04),
 })
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-MANIFEST = "mini_manifest.json"
 VERSION = 3
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -216,14 +214,7 @@ def _manifest(seed: int, splits: dict[str, int]) -> dict:
 
 def is_complete(root: str | os.PathLike, seed: int = 0) -> bool:
     """True when ``root`` holds a finished mini dataset built with ``seed`` (and this builder's version)."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return manifest.get("version") == VERSION and manifest.get("seed") == seed
+    return manifest_matches(root, version=VERSION, seed=seed)
 
 
 def _write_class(staging: Path, split: str, split_index: int, class_index: int, per_class: int, seed: int) -> list:
@@ -276,27 +267,12 @@ def build_mini(
     sibling directory that is moved into place at the end, so an interrupted build or concurrent builders never
     leave a half-written dataset.
     """
-    root = Path(root)
     splits = dict(SPLITS if splits is None else splits)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    if is_complete(root, seed) and not force:
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
-    try:
+
+    def write(staging: Path) -> dict:
         (staging / "annotations").mkdir()
         _write_all(staging, splits, seed, workers)
-        (staging / MANIFEST).write_text(json.dumps(_manifest(seed, splits), indent=1))
-        if root.exists():
-            if is_complete(root, seed) and not force:  # another process finished first
-                return root
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not is_complete(root, seed):  # not a concurrent builder winning the race: a real error
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
+        return _manifest(seed, splits)
+
+    return build_atomically(root, write, lambda path: is_complete(path, seed), force)
