@@ -189,7 +189,9 @@ def run_backbones(args) -> pd.DataFrame:
     )
     # the same ratio in process CPU time: robust to other processes taking the cores (time-sharing), though not
     # to the cache pollution and thread-synchronisation stalls they also cause
-    reference_cpu = {row["model"]: row["cpu_s_per_batch"] for _, row in best.iterrows() if row["model"] in reference_rate}
+    reference_cpu = {
+        row["model"]: row["cpu_s_per_batch"] for _, row in best.iterrows() if row["model"] in reference_rate
+    }
     best["cpu_ratio_to_reference"] = best.apply(
         lambda r: reference_cpu[r["reference"]] / r["cpu_s_per_batch"] if r["reference"] in reference_cpu else None,
         axis=1,
@@ -219,7 +221,8 @@ def write_backbone_report(df: pd.DataFrame, args) -> Path:
         "## Each model at its fastest configuration (Table 6 layout)",
         "",
         best[["model", "structure", "mode", "memory_format", "dtype", "params_M", "GMACs", "samples_per_s",
-              "reference", "ratio_to_reference", "cpu_ratio_to_reference", "flops_fraction_of_gemm_peak"]].to_markdown(index=False, floatfmt=".3g"),
+              "reference", "ratio_to_reference", "cpu_ratio_to_reference", "flops_fraction_of_gemm_peak"]]
+        .to_markdown(index=False, floatfmt=".3g"),
         "",
         "## Every configuration",
         "",

@@ -23,9 +23,9 @@ INDUCTOR = "Inductor fused kernels (element-wise, norms, reductions)"
 # group -> operator-name fragments (first match wins; checked in this order)
 GROUPS = (
     (INDUCTOR, ("cpp_fused", "kernel_cpp")),
-    (PRODUCTS, ("addmm", "aten::mm", "bmm", "linear_pointwise", "mkldnn_linear",
-                                         "mkl_linear", "_mkl_", "aten::linear")),
-    ("convolution", ("conv",)),
+    (PRODUCTS, ("addmm", "aten::mm", "bmm", "linear_pointwise", "mkldnn_linear", "mkl_linear", "_mkl_",
+                "aten::linear")),
+    ("convolution", ("conv",)),  # split below by the weight's shape
     ("GELU", ("gelu",)),
     ("LayerNorm", ("layer_norm",)),
     ("norms / reductions (GRN, SE pooling)", ("norm", "mean", "sum", "sqrt")),

@@ -76,3 +76,5 @@ def test_profile_table_sums_to_the_total(tmp_path):
     ops = pd.read_csv(tmp_path / "profile_ops.csv")
     assert set(ops["model"]) == {"unireplknet_test:fast/eager", "convnext_atto:train/eager"}
     assert (ops["self_cpu_s"] >= 0).all()
+    for total in ops.groupby("model")["self_cpu_s"].sum():  # every operator lands in exactly one group
+        assert f"{total:.3f} (100 %)" in text

@@ -41,7 +41,8 @@ def test_table13_mini_grid_is_4_backbones_by_4_modalities_in_one_dir():
         cfg = compose_config(["sweep=table13_mini", f"modality={modality}", f"+table13_row=mini_{row}", "hydra.job.num=7"])
         harness.check_config(cfg)
         assert (cfg.backbone.name, cfg.backbone.kernel_size) == (name, kernel)
-        model = core.create_backbone(in_chans=3, num_classes=0, **OmegaConf.to_container(cfg.backbone, resolve=True))
+        backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+        model = core.create_backbone(in_chans=3, num_classes=0, **backbone)
         assert model.num_features == 128  # every row at the tiny UniRepLKNet's widths (16 ... 128)
         budget = OmegaConf.to_container(cfg.mini_budget)[modality]
         assert cfg.trainer.max_epochs == budget["max_epochs"]
