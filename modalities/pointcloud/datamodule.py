@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from modalities.pointcloud import mini, preprocess
+from modalities.pointcloud.open3d_loader import import_open3d
 
 FORMATS = ("auto", "off", "resampled")
 SHAPE_NAMES = "modelnet40_shape_names.txt"
@@ -90,7 +91,7 @@ def read_mesh(path: str | os.PathLike):
     Some of ModelNet-40's .off files glue the header keyword to the counts ("OFF490 518 0"), which
     open3d rejects: those are read from a copy with the keyword on its own line.
     """
-    import open3d as o3d
+    o3d = import_open3d()
 
     path = Path(path)
     if not path.is_file():
@@ -122,7 +123,7 @@ def _file_seed(path: str | os.PathLike, seed: int) -> int:
 
 def load_mesh_points(path: str | os.PathLike, num_points: int = 10000, seed: int = 0) -> np.ndarray:
     """``num_points`` x 3 points sampled uniformly (area-weighted) on a mesh's surface, deterministically."""
-    import open3d as o3d
+    o3d = import_open3d()
 
     mesh = read_mesh(path)
     o3d.utility.random.seed(_file_seed(path, seed))

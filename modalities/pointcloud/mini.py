@@ -21,6 +21,7 @@ from types import MappingProxyType
 import numpy as np
 
 from modalities.mini_build import MANIFEST, build_atomically, manifest_matches  # noqa: F401 (re-exported)
+from modalities.pointcloud.open3d_loader import import_open3d
 from modalities.pointcloud.preprocess import rotation_about_axis
 
 CLASSES = (
@@ -63,7 +64,7 @@ def _capsule(o3d, radius: float, straight: float):
 
 def base_mesh(name: str):
     """The canonical (unit-size, centred) mesh of class ``name``."""
-    import open3d as o3d
+    o3d = import_open3d()
 
     T = o3d.geometry.TriangleMesh
     if name == "box":
@@ -112,7 +113,7 @@ def instance_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def make_instance(name: str, rng: np.random.Generator):
     """One mesh of class ``name``: random per-axis scale, then a random (near-upright) orientation."""
-    import open3d as o3d
+    o3d = import_open3d()
 
     mesh = base_mesh(name)
     vertices = np.asarray(mesh.vertices) * rng.uniform(*SCALE_RANGE, size=3)
@@ -137,7 +138,7 @@ def build_mini(
 
     Built in a temporary sibling directory and moved into place at the end (``modalities.mini_build``).
     """
-    import open3d as o3d
+    o3d = import_open3d()
 
     splits = dict(SPLITS if splits is None else splits)
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from modalities.pointcloud.open3d_loader import import_open3d
+
 SAMPLING = ("fps", "random")
 ROTATIONS = ("none", "up", "so3")
 
@@ -52,7 +54,7 @@ def farthest_point_sample(points: torch.Tensor, num_points: int, start_index: in
 
     Deterministic for a given ``start_index``: datasets cache the result.
     """
-    import open3d as o3d  # heavy import, only where a cloud is actually sampled
+    o3d = import_open3d()
 
     if points.shape[0] < num_points:
         raise ValueError(f"farthest-point sampling of {num_points} points from a cloud of {points.shape[0]}")
