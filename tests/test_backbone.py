@@ -3,6 +3,9 @@ the uniform backbone API, the timm registry, the factory and its baselines, and 
 
 from __future__ import annotations
 
+import copy
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -312,3 +315,44 @@ def test_baselines(name, width, in_chans):
     assert core.reparameterize(model) is model  # a no-op for models without re-parameterizable blocks
     head = core.create_backbone(name, in_chans=in_chans, num_classes=6)
     assert head(x).shape == (2, 6)
+
+
+@pytest.fixture
+def restored_timm_registry():
+    """Undo any registration a test makes in timm's global registry."""
+    from timm.models import _registry
+
+    saved = {name: copy.deepcopy(value) for name, value in vars(_registry).items()
+             if name.startswith(("_model", "_module", "_deprecated"))}
+    yield
+    for name, value in saved.items():
+        setattr(_registry, name, value)
+
+
+def test_factory_is_not_hijacked_by_a_foreign_timm_registration(restored_timm_registry, monkeypatch):
+    """A module that registers the project's names in timm (the public UniRepLKNet file does, on import) changes
+    what ``timm.create_model`` returns, never what ``core.create_backbone`` builds."""
+
+    class ForeignUniRepLKNet(nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.fc = nn.Linear(3, 7)
+
+    def unireplknet_a(pretrained=False, **kwargs):
+        return ForeignUniRepLKNet(**kwargs)
+
+    def resnet18(pretrained=False, **kwargs):
+        return ForeignUniRepLKNet(**kwargs)
+
+    monkeypatch.setitem(sys.modules, "foreign_unireplknet", types.ModuleType("foreign_unireplknet"))
+    unireplknet_a.__module__ = resnet18.__module__ = "foreign_unireplknet"
+    with pytest.warns(UserWarning, match="Overwriting"):
+        timm.models.register_model(unireplknet_a)
+        timm.models.register_model(resnet18)
+    assert isinstance(timm.create_model("unireplknet_a"), ForeignUniRepLKNet)  # the registry was taken over
+
+    model = core.create_backbone("unireplknet_a", num_classes=10)
+    assert type(model) is core.UniRepLKNet and model.head.out_features == 10
+    assert [len(stage) for stage in model.stages] == [2, 2, 6, 2] and model.num_features == 320
+    baseline = core.create_backbone("resnet18", in_chans=1)
+    assert type(baseline) is timm.models.ResNet and baseline.conv1.in_channels == 1

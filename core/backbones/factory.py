@@ -2,24 +2,31 @@
 
 The baselines come from timm (ResNet, ConvNeXt), which already provides ``in_chans`` adaptation of the first
 conv, ``num_classes=0`` pooled features and the same feature API as UniRepLKNet.
+
+Every name resolves through this module's own tables to the project's classes and timm's model functions,
+never through timm's global name registry: a module that registers the same names in timm (the public
+UniRepLKNet file does, on import) cannot replace what ``create_backbone`` builds. ``timm.create_model`` users
+still get the project's UniRepLKNet through the registration in ``core.backbones.unireplknet``.
 """
 
 from __future__ import annotations
 
-import timm
+from collections.abc import Callable
+
+from timm.models import convnext, resnet
 from torch import nn
 
-from core.backbones import unireplknet  # noqa: F401  (registers unireplknet_* in timm)
+from core.backbones import unireplknet
 
 UNIREPLKNET = tuple(f"unireplknet_{v}" for v in unireplknet.VARIANTS)
 
-# project name -> (timm name, the fixed spatial kernel size of its blocks)
-BASELINES: dict[str, tuple[str, int]] = {
-    "resnet101": ("resnet101", 3),
-    "convnext_s": ("convnext_small", 7),
+# project name -> (timm's model function, the fixed spatial kernel size of its blocks)
+BASELINES: dict[str, tuple[Callable[..., nn.Module], int]] = {
+    "resnet101": (resnet.resnet101, 3),
+    "convnext_s": (convnext.convnext_small, 7),
     # small counterparts for the CPU-scale (mini) Table 13 grid
-    "resnet18": ("resnet18", 3),
-    "convnext_atto": ("convnext_atto", 7),
+    "resnet18": (resnet.resnet18, 3),
+    "convnext_atto": (convnext.convnext_atto, 7),
 }
 
 
@@ -46,17 +53,21 @@ def create_backbone(
         kwargs: forwarded to the model (e.g. ``kernel_sizes``, ``drop_path_rate``, ``deploy``);
             unknown names raise TypeError.
     """
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}  # None = the model's default
     if name in UNIREPLKNET:
-        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, kernel_size=kernel_size, **kwargs)
+        variant = name.removeprefix("unireplknet_")
+        return unireplknet.create_unireplknet(
+            variant, in_chans=in_chans, num_classes=num_classes, kernel_size=kernel_size, **kwargs
+        )
     if name in BASELINES:
-        timm_name, fixed_kernel = BASELINES[name]
+        build, fixed_kernel = BASELINES[name]
         if kernel_size is not None and kernel_size != fixed_kernel:
             raise ValueError(f"{name} has a fixed kernel size of {fixed_kernel}; got kernel_size={kernel_size}")
         if kwargs.pop("deploy", False):
             raise ValueError(f"{name} has no re-parameterizable structure; deploy=True applies to UniRepLKNet only")
         if kwargs.pop("kernel_sizes", None) is not None:
             raise ValueError(f"{name} has fixed kernel sizes; kernel_sizes applies to UniRepLKNet only")
-        return timm.create_model(timm_name, in_chans=in_chans, num_classes=num_classes, **kwargs)
+        return build(in_chans=in_chans, num_classes=num_classes, **kwargs)
     raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(list_backbones())}")
 
 

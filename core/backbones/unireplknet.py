@@ -445,7 +445,13 @@ def _cfg(**kwargs) -> dict:
     )
 
 
-def _create(variant: str, pretrained: bool = False, kernel_size: int | None = None, **kwargs) -> UniRepLKNet:
+def create_unireplknet(
+    variant: str, pretrained: bool = False, kernel_size: int | None = None, **kwargs
+) -> UniRepLKNet:
+    """UniRepLKNet variant ``variant`` (a key of ``VARIANTS``) of this module, built with timm's
+    ``build_model_with_cfg`` (pretrained-cfg, ``features_only``) but without timm's global name registry."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown UniRepLKNet variant {variant!r}; valid choices: {', '.join(VARIANTS)}")
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not overlay.get("file"):
         raise RuntimeError(
@@ -473,49 +479,49 @@ def _create(variant: str, pretrained: bool = False, kernel_size: int | None = No
 
 @register_model
 def unireplknet_a(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("a", pretrained, **kwargs)
+    return create_unireplknet("a", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_f(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("f", pretrained, **kwargs)
+    return create_unireplknet("f", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_p(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("p", pretrained, **kwargs)
+    return create_unireplknet("p", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_n(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("n", pretrained, **kwargs)
+    return create_unireplknet("n", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_t(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("t", pretrained, **kwargs)
+    return create_unireplknet("t", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_s(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("s", pretrained, **kwargs)
+    return create_unireplknet("s", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_b(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("b", pretrained, **kwargs)
+    return create_unireplknet("b", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_l(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("l", pretrained, **kwargs)
+    return create_unireplknet("l", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_xl(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("xl", pretrained, **kwargs)
+    return create_unireplknet("xl", pretrained, **kwargs)
 
 
 @register_model
 def unireplknet_test(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _create("test", pretrained, **kwargs)
+    return create_unireplknet("test", pretrained, **kwargs)
