@@ -266,7 +266,9 @@ def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metri
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,
         **((stats.fit_summary or stats.summary(trainer.world_size)) if stats is not None else {}),
-        "skipped_inputs": getattr(datamodule, "skipped_images", None),
+        # every modality's DataModule counts the inputs that never reached the model (unreadable, missing)
+        "skipped_inputs": getattr(datamodule, "skipped_inputs", None),
+        "input_counts": getattr(datamodule, "input_counts", None),
         "seed": cfg.seed,
         **git_state(),
         "run_dir": str(run_dir.resolve()),

@@ -156,7 +156,7 @@ def test_bad_inputs_are_skipped_or_handled(copied_root):
     for name in ("empty0000", "trunchead", "notawav00"):
         assert name in messages
     assert "truncdata" not in messages and "stereo441" not in messages
-    assert len(dm.skipped_files) == 3
+    assert len(dm.skipped_files) == 3 and dm.skipped_inputs == 3
     assert {Path(p).name.split("_")[0] for p, _ in dm.skipped_files} == {"empty0000", "trunchead", "notawav00"}
     reasons = dict((Path(p).name.split("_")[0], r) for p, r in dm.skipped_files)
     assert reasons["empty0000"] == "empty file" and reasons["notawav00"].startswith("unreadable")
@@ -188,6 +188,12 @@ def test_file_broken_after_setup_is_replaced_by_the_next_item(copied_root):
         x, y = val[3]
     torch.testing.assert_close(x, expected[0])
     torch.testing.assert_close(y, expected[1])
+    assert dm.skipped_inputs == 1  # counted, though its place in the batch was taken by the next item
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadAudioFileWarning)
+        loader = torch.utils.data.DataLoader(val, batch_size=4, num_workers=2)
+        assert sum(len(batch) for batch, _ in loader) == len(val)
+    assert dm.skipped_inputs == 2  # a failure inside a worker process is counted too
 
 
 def test_wrong_layout_fails_fast_with_the_expected_layout(tmp_path):

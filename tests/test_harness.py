@@ -171,6 +171,7 @@ def test_fast_dev_run_per_modality(modality, make_config, tmp_path):
         assert key in record, key
     assert record["modality"] == modality and record["backbone"] == "unireplknet_test"
     assert record["global_step"] == 1
+    assert record["skipped_inputs"] == 0 and isinstance(record["input_counts"], dict)  # the mini data is clean
     assert_deploy_agrees(record)
     assert (run_dir / "checkpoints" / "deploy.pt").is_file()
     assert OmegaConf.load(run_dir / "config.yaml").modality.name == modality  # the resolved config

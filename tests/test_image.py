@@ -150,7 +150,7 @@ def test_unreadable_image_is_named_skipped_and_counted(mini_image_root, tmp_path
     assert len(named) == 1 and "circle_0003.png" in str(named[0].message)
     assert len(batches) == 5  # the epoch runs to its end
     assert sum(len(labels) for _, labels in batches) == 79
-    assert dm.skipped_images == 1
+    assert dm.skipped_inputs == 1
 
 
 def test_adapter_is_identity_with_a_shape_check():

@@ -126,7 +126,7 @@ def test_off_datamodule_batches_labels_and_cache(tiny_mini):
     assert len(cached) >= 1
     again, _ = dm.datasets["val"][0]  # evaluation points are fixed (FPS, cached)
     assert torch.equal(again, eval_points)
-    assert dm.skipped_clouds == 0 and dm.repaired_clouds == 0
+    assert dm.skipped_inputs == 0 and dm.repaired_clouds == 0
 
 
 def test_mesh_sampling_is_deterministic_per_file(tiny_mini):
@@ -218,7 +218,7 @@ def test_bad_meshes_are_skipped_with_a_named_warning_and_counted(tiny_mini, tmp_
     assert "broken_0001.off: open3d could not read a mesh from it" in messages
     assert "broken_0002.off: the mesh has no faces" in messages
     assert len(batches) == 1 and batches[0][0].shape == (1, 32, 3) and batches[0][1].tolist() == [1]
-    assert dm.skipped_clouds == 2 and dm.skipped_inputs == 2
+    assert dm.skipped_inputs == 2
     with pytest.raises(PointCloudUnusable, match="no faces"):
         read_mesh(root / "broken" / "train" / "broken_0002.off")
 
@@ -247,7 +247,7 @@ def test_bad_clouds_are_repaired_or_skipped(tmp_path):
     assert any("cup_0006.txt: expected at least 3 columns" in m for m in skipped)
     assert any("cup_0007.txt" in m for m in skipped)
     assert any("dropped 34 non-finite of 100 points" in m and "cup_0002.txt" in m for m in repaired)
-    assert dm.skipped_clouds == 4 and dm.repaired_clouds == 2  # cup_0005 also lost its NaNs before skipping
+    assert dm.skipped_inputs == 4 and dm.repaired_clouds == 2  # cup_0005 also lost its NaNs before skipping
 
 
 def test_a_batch_of_only_bad_files_is_empty_not_an_error(tmp_path):
@@ -267,4 +267,4 @@ def test_unwritable_cache_falls_back_to_reading_without_it(tmp_path):
     dm.setup("test")
     with pytest.warns(RuntimeWarning, match="point-cloud cache disabled"):
         points, label = dm.datasets["test"][0]
-    assert points.shape == (16, 3) and dm.skipped_clouds == 0
+    assert points.shape == (16, 3) and dm.skipped_inputs == 0

@@ -77,6 +77,9 @@ def test_npy_datamodule_batches_counts_and_info(small_mini):
         dm.setup()
     assert dm.inserted_steps["train"] == 5 and dm.missing_values["train"] > 0
     assert dm.missing_values["train"] >= 5 * 12  # the inserted rows are missing values too
+    # gaps are masked, never skipped: the run's results show them in input_counts
+    assert dm.skipped_inputs == 0
+    assert dm.input_counts == {"missing_values": sum(dm.missing_values.values()), "inserted_steps": 5}
     inputs, target = next(iter(dm.train_dataloader()))
     assert inputs.shape == (4, 72, 12 + 4) and target.shape == (4, 24, 12)
     assert torch.isnan(inputs[:, 48:, :12]).all()

@@ -29,13 +29,14 @@ Clips are read with soundfile, downmixed, resampled to 16 kHz, zero-padded at th
 Bad files: every listed wav is checked once in ``setup`` (empty, unreadable/non-wav, truncated header, no audio
 frames); each bad one is named in a ``BadAudioFileWarning`` and skipped, and they are collected in
 ``datamodule.skipped_files`` as ``(path, reason)``. A file that passes the check but fails to read later (it changed
-on disk) is named in a warning and replaced by the next item of the split, so one bad file never ends an epoch
-(failures inside worker processes are not added to ``skipped_files``).
+on disk) is named in a warning and replaced by the next item of the split, so one bad file never ends an epoch;
+such failures are counted across DataLoader workers. ``datamodule.skipped_inputs`` is the total of both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import warnings
 from pathlib import Path
@@ -176,6 +177,7 @@ class SpeechCommandsDataset(Dataset):
         background_noises: Sequence[Tensor] = (),
         background_noise_prob: float = 0.0,
         background_snr_db: tuple[float, float] = (5.0, 20.0),
+        failures=None,
     ) -> None:
         if len(files) != len(labels):
             raise ValueError("files and labels differ in length")
@@ -196,6 +198,7 @@ class SpeechCommandsDataset(Dataset):
         self.background_noises = list(background_noises)
         self.background_noise_prob = float(background_noise_prob)
         self.background_snr_db = (float(background_snr_db[0]), float(background_snr_db[1]))
+        self.failures = failures  # a shared multiprocessing counter of failed reads (workers add to it), or None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -210,6 +213,9 @@ class SpeechCommandsDataset(Dataset):
             return load_clip(self.files[index], self.sample_rate, self.clip_seconds), index
         except Exception as err:
             warnings.warn(f"skipping {self.files[index]}: {type(err).__name__}: {err}", BadAudioFileWarning)
+            if self.failures is not None:
+                with self.failures.get_lock():
+                    self.failures.value += 1
             return None
 
     def _load_or_next(self, index: int) -> tuple[Tensor, int]:
@@ -324,6 +330,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
 
         self.skipped_files: list[tuple[str, str]] = []
+        self._failures = None  # reads that failed after the set-up check (shared with DataLoader workers)
         self.split_files: dict[str, list[tuple[str, int]]] = {}
         self._class_names: list[str] | None = None
         self._background: list[Tensor] | None = None
@@ -362,6 +369,17 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def skipped_inputs(self) -> int:
+        """Inputs that never reached the model: files refused by the set-up check plus failed reads so far."""
+        return len(self.skipped_files) + (0 if self._failures is None else int(self._failures.value))
+
+    @property
+    def input_counts(self) -> dict[str, int]:
+        """The parts of ``skipped_inputs``: files refused at set-up, reads that failed later."""
+        failed = 0 if self._failures is None else int(self._failures.value)
+        return {"refused_files": len(self.skipped_files), "failed_reads": failed}
+
+    @property
     def feature_shape(self) -> tuple[int, int]:
         """(T, F) of one item's features."""
         return self.feature_kwargs["target_length"], self.feature_kwargs["num_mel_bins"]
@@ -373,6 +391,8 @@ class SpeechCommandsDataModule(L.LightningDataModule):
             mini.build_mini(self.root, seed=self.mini_seed)
 
     def setup(self, stage: str | None = None) -> None:
+        if self._failures is None:
+            self._failures = multiprocessing.Value("i", 0)
         if not self.split_files:
             self._index()
         stages = {"fit": ("training", "validation"), "validate": ("validation",), "test": ("testing",)}
@@ -439,6 +459,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
             "sample_rate": self.sample_rate,
             "clip_seconds": self.clip_seconds,
             "feature_kwargs": self.feature_kwargs,
+            "failures": self._failures,
         }
         if split != "training":
             return SpeechCommandsDataset([f for f, _ in files], [y for _, y in files], self.num_classes, **common)

@@ -3,7 +3,7 @@
 Layout: ``<root>/<split>/<class>/<image file>``, e.g. ImageNet-1K's ``train/n01440764/*.JPEG`` and
 ``val/n01440764/*.JPEG``. Class indices follow the sorted class folders of the train split, for every split.
 Unreadable (corrupt, truncated) images are skipped with a warning that names the file, and counted
-(``skipped_images``); they never end an epoch.
+(``skipped_inputs``); they never end an epoch.
 """
 
 from __future__ import annotations
@@ -153,9 +153,14 @@ class ImageDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
-    def skipped_images(self) -> int:
+    def skipped_inputs(self) -> int:
         """Unreadable images skipped so far (all splits, all DataLoader workers of this process)."""
         return 0 if self._skipped is None else int(self._skipped.value)
+
+    @property
+    def input_counts(self) -> dict[str, int]:
+        """Unreadable images skipped so far."""
+        return {"unreadable_images": self.skipped_inputs}
 
     # --- LightningDataModule hooks ---------------------------------------------------------------------
 

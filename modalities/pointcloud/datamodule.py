@@ -12,7 +12,7 @@ Every cloud is cleaned (non-finite points dropped), normalized to the unit spher
 epoch); a cloud with fewer points is completed by resampling with replacement. Files that cannot be used (a
 mesh that fails to load or has no faces, an unreadable text file, a cloud without finite points or whose
 points are all identical) are skipped with a ``SkippedPointCloudWarning`` naming the file, and counted
-(``skipped_clouds``); repaired clouds (non-finite points dropped) warn with ``RepairedPointCloudWarning`` and are
+(``skipped_inputs``); repaired clouds (non-finite points dropped) warn with ``RepairedPointCloudWarning`` and are
 counted in ``repaired_clouds``. An epoch never ends because of one file.
 
 ModelNet-40 has no validation split: by default the test split serves as validation (the protocol of the
@@ -424,7 +424,7 @@ class ModelNet40DataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
-    def skipped_clouds(self) -> int:
+    def skipped_inputs(self) -> int:
         """Files skipped so far (all splits, all DataLoader workers of this process)."""
         return 0 if self._counters is None else int(self._counters["skipped"].value)
 
@@ -433,7 +433,10 @@ class ModelNet40DataModule(L.LightningDataModule):
         """Clouds whose non-finite points were dropped so far."""
         return 0 if self._counters is None else int(self._counters["repaired"].value)
 
-    skipped_inputs = skipped_clouds
+    @property
+    def input_counts(self) -> dict[str, int]:
+        """Skipped files and repaired clouds so far."""
+        return {"skipped_clouds": self.skipped_inputs, "repaired_clouds": self.repaired_clouds}
 
     # --- LightningDataModule hooks ---------------------------------------------------------------------------
 

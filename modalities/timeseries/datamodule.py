@@ -207,6 +207,18 @@ class StationSeriesDataModule(L.LightningDataModule):
         self._splits = splits
         return splits
 
+    @property
+    def skipped_inputs(self) -> int:
+        """Always 0: no window is ever dropped. Gaps become NaN rows that the task masks out (counted in
+        ``input_counts``); files that disagree with each other are refused with an error naming them."""
+        return 0
+
+    @property
+    def input_counts(self) -> dict[str, int]:
+        """Bad-input counts of the splits loaded so far: missing values and inserted (absent) time steps."""
+        return {"missing_values": sum(self.missing_values.values()),
+                "inserted_steps": sum(self.inserted_steps.values())}
+
     def setup(self, stage: str | None = None) -> None:
         splits = self._load()
         for split, (values, timestamps) in splits.items():

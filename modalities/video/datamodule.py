@@ -384,6 +384,12 @@ class VideoDataModule(L.LightningDataModule):
         """Every input that never reached the model: undecodable plus missing videos."""
         return self.skipped_videos + self.missing_videos
 
+    @property
+    def input_counts(self) -> dict[str, int]:
+        """The parts of ``skipped_inputs`` and the clips padded to the sampling window."""
+        return {"skipped_videos": self.skipped_videos, "missing_videos": self.missing_videos,
+                "padded_clips": self.padded_clips}
+
     # --- LightningDataModule hooks -----------------------------------------------------------------------
 
     def prepare_data(self) -> None:
@@ -406,8 +412,7 @@ class VideoDataModule(L.LightningDataModule):
                 self.datasets[split] = self._build_dataset(split)
 
     def teardown(self, stage: str | None = None) -> None:
-        counts = {"skipped_videos": self.skipped_videos, "padded_clips": self.padded_clips,
-                  "missing_videos": self.missing_videos}
+        counts = self.input_counts
         message = f"video data after {stage}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
         (log.warning if any(counts.values()) else log.info)(message)
 
