@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from modalities.video.datamodule import (
     read_kinetics_csv,
     read_list_file,
 )
+from tests.conftest import REPO_ROOT
 
 HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
 LABELS = ("air drumming", "bowling", "juggling balls")
@@ -237,8 +241,13 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def test_mini_is_deterministic_complete_and_in_kinetics_layout(tmp_path):
     splits = {"val": 1}
-    first = mini.build_mini(tmp_path / "a", seed=3, splits=splits)
-    second = mini.build_mini(tmp_path / "b", seed=3, splits=splits)
+    first = mini.build_mini(tmp_path / "a", seed=3, splits=splits, workers=1)
+    # the second copy: built by 2 worker processes of a fresh interpreter whose malloc fills new memory with a
+    # fixed junk byte (glibc's MALLOC_PERTURB_), so output that depends on uninitialised memory shows up here
+    second = tmp_path / "b"
+    build = f"from modalities.video import mini; mini.build_mini({str(second)!r}, 3, splits={splits!r}, workers=2)"
+    subprocess.run([sys.executable, "-c", build], cwd=REPO_ROOT, check=True, timeout=300,
+                   env={**os.environ, "MALLOC_PERTURB_": "170"})
     digest = _tree_digest(first)
     assert digest == _tree_digest(second)
     assert len([p for p in digest if p.endswith(".mp4")]) == len(mini.CLASSES)

@@ -60,7 +60,7 @@ MOTION = MappingProxyType({
     "growth": (0.03, 0.04),
 })
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-VERSION = 3
+VERSION = 4  # 4: x264 without SIMD (byte-identical builds on every CPU)
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -185,12 +185,18 @@ def render(name: str, rng: np.random.Generator, num_frames: int = NUM_FRAMES, fr
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = FPS) -> None:
-    """T x H x W x 3 uint8 frames -> an H.264 (yuv420p) mp4 written with PyAV; one encoder thread (deterministic)."""
+    """T x H x W x 3 uint8 frames -> an H.264 (yuv420p) mp4 written with PyAV; the same frames always give the
+    same bytes.
+
+    x264 runs single-threaded and without its SIMD code (``asm=0``): on CPUs with AVX-512, its vectorised code
+    reads uninitialised memory on frames this small (with mb-tree rate control on), so the output would vary
+    from run to run; its plain C code does not, and gives the same bytes whatever the CPU's instruction set.
+    """
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "fast", "threads": "1"}
+        stream.options = {"crf": "12", "preset": "fast", "threads": "1", "x264-params": "asm=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
