@@ -116,7 +116,7 @@ def test_datamodule_batches_classes_and_eval_determinism(mini_image_root):
 
 def test_datamodule_checks_num_classes(mini_image_root):
     dm = ImageDataModule(mini_image_root, num_classes=1000, image_size=32, num_workers=0)
-    with pytest.raises(ValueError, match="10 class folders but data.num_classes is 1000"):
+    with pytest.raises(ValueError, match="has 10 classes but data.num_classes is 1000"):
         dm.setup("fit")
 
 
