@@ -3,8 +3,9 @@
 A modality's ``datamodule.py`` subclasses ``ModalityDataModule`` and supplies only what is its own:
 
 - ``in_chans``: C' of the adapter's output, the backbone's input channels;
-- ``mini``: its ``mini`` module (``build_mini(root, seed=...)``, ``is_complete(root, seed)``), built in
-  ``prepare_data`` through ``modalities.mini_build.build_atomically`` when ``build_mini`` is set;
+- ``mini``: its ``mini`` module, whose ``build_mini(root, seed=...)`` writes the offline mini dataset through
+  ``modalities.mini_build.build_atomically`` (a no-op when it is complete); ``prepare_data`` calls it when
+  ``build_mini`` is set;
 - ``bad_input_kinds``: the kinds of bad input it counts, each marked as skipped (the input never reached the
   model) or not (repaired, padded, masked);
 - ``check_root()``, ``read_class_names()`` and ``build_dataset(split)`` for splits ``train``, ``val``, ``test``.
@@ -180,7 +181,7 @@ class ModalityDataModule(L.LightningDataModule):
     # --- LightningDataModule hooks ---------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        if self.build_mini and self.mini is not None and not self.mini.is_complete(self.root, self.mini_seed):
+        if self.build_mini and self.mini is not None:
             self.mini.build_mini(self.root, seed=self.mini_seed)
         self.check_root()
 

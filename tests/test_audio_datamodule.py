@@ -45,16 +45,16 @@ def test_classes_splits_and_metadata(mini_root):
     assert dm.class_names == ["no", "up", "yes"] and dm.num_classes == 3 and dm.in_chans == 1
     dm.setup()
     sizes = {split: len(files) for split, files in dm.split_files.items()}
-    assert sizes == {"training": 24, "validation": 12, "testing": 12}
+    assert sizes == {"train": 24, "val": 12, "test": 12}
     speakers = {split: {speaker(f) for f, _ in files} for split, files in dm.split_files.items()}
-    assert not (speakers["training"] & speakers["validation"]) and not (speakers["training"] & speakers["testing"])
-    assert not (speakers["validation"] & speakers["testing"])
+    assert not (speakers["train"] & speakers["val"]) and not (speakers["train"] & speakers["test"])
+    assert not (speakers["val"] & speakers["test"])
     # Same split as torchaudio's reader of the layout.
     listed = torchaudio.datasets.SPEECHCOMMANDS(root=str(mini_root), subset="testing")
     assert sorted(Path(listed.get_metadata(i)[0]).as_posix() for i in range(len(listed))) == sorted(
-        Path(f).relative_to(mini_root / "SpeechCommands").as_posix() for f, _ in dm.split_files["testing"]
+        Path(f).relative_to(mini_root / "SpeechCommands").as_posix() for f, _ in dm.split_files["test"]
     )
-    for path, label in dm.split_files["validation"]:
+    for path, label in dm.split_files["val"]:
         assert Path(path).parent.name == dm.class_names[label]
     assert dm.skipped_files == []
 
@@ -63,8 +63,8 @@ def test_class_subset(mini_root):
     dm = SpeechCommandsDataModule(root=mini_root, classes=["yes", "up"])
     assert dm.class_names == ["yes", "up"] and dm.num_classes == 2
     dm.setup("fit")
-    assert {Path(f).parent.name for f, _ in dm.split_files["training"]} == {"yes", "up"}
-    x, y = dm.dataset("validation")[0]
+    assert {Path(f).parent.name for f, _ in dm.split_files["train"]} == {"yes", "up"}
+    x, y = dm.dataset("val")[0]
     assert y.shape == (2,)
     with pytest.raises(ValueError, match="missing: \\['stop'\\]"):
         SpeechCommandsDataModule(root=mini_root, classes=["yes", "stop"]).class_names
@@ -103,23 +103,23 @@ def test_augmentation_is_train_only(mini_root):
     torch.manual_seed(0)
     dm = SpeechCommandsDataModule(root=mini_root, mixup=0.6)  # paper-scale augmentation otherwise
     dm.setup()
-    val = dm.dataset("validation")
-    path, label = dm.split_files["validation"][3]
+    val = dm.dataset("val")
+    path, label = dm.split_files["val"][3]
     x, y = val[3]
     torch.testing.assert_close(x, fbank_features(load_clip(path), 16000), rtol=0, atol=0)
     assert torch.equal(val[3][0], x) and int(y.argmax()) == label
-    test_x, _ = dm.dataset("testing")[0]
-    torch.testing.assert_close(test_x, fbank_features(load_clip(dm.split_files["testing"][0][0]), 16000))
+    test_x, _ = dm.dataset("test")[0]
+    torch.testing.assert_close(test_x, fbank_features(load_clip(dm.split_files["test"][0][0]), 16000))
 
-    train = dm.dataset("training")
-    path, label = dm.split_files["training"][2]
+    train = dm.dataset("train")
+    path, label = dm.split_files["train"][2]
     plain = fbank_features(load_clip(path), 16000)
     draws = [train[2][0] for _ in range(3)]
     assert all((d - plain).abs().mean() > 0.01 for d in draws)
     assert not torch.equal(draws[0], draws[1])
     # With every augmentation switched off, a training item is the plain features too.
     quiet = SpeechCommandsDataModule(root=mini_root, **NO_AUGMENT)
-    torch.testing.assert_close(quiet.dataset("training")[2][0], plain, rtol=0, atol=0)
+    torch.testing.assert_close(quiet.dataset("train")[2][0], plain, rtol=0, atol=0)
 
 
 def test_mixup_soft_labels(mini_root):
@@ -161,7 +161,7 @@ def test_bad_inputs_are_skipped_or_handled(copied_root):
     reasons = dict((Path(p).name.split("_")[0], r) for p, r in dm.skipped_files)
     assert reasons["empty0000"] == "empty file" and reasons["notawav00"].startswith("unreadable")
 
-    train = dm.dataset("training")
+    train = dm.dataset("train")
     names = [Path(f).name for f in train.files]
     stereo_x, stereo_y = train[names.index("stereo441_nohash_0.wav")]
     assert stereo_x.shape == (128, 128) and int(stereo_y.argmax()) == dm.class_names.index("up")
@@ -178,21 +178,19 @@ def test_bad_inputs_are_skipped_or_handled(copied_root):
     assert sum(len(x) for x, _ in loader.train_dataloader()) == 24 + 2
 
 
-def test_file_broken_after_setup_is_replaced_by_the_next_item(copied_root):
-    dm = SpeechCommandsDataModule(root=copied_root)
+def test_file_broken_after_setup_is_named_dropped_and_counted(copied_root):
+    dm = SpeechCommandsDataModule(root=copied_root, batch_size=4)
     dm.setup("validate")
-    val = dm.dataset("validation")
-    expected = val[4]
+    val = dm.dataset("val")
     Path(val.files[3]).write_text("garbage")
     with pytest.warns(BadAudioFileWarning, match=re.escape(Path(val.files[3]).name)):
-        x, y = val[3]
-    torch.testing.assert_close(x, expected[0])
-    torch.testing.assert_close(y, expected[1])
-    assert dm.skipped_inputs == 1  # counted, though its place in the batch was taken by the next item
+        assert val[3] is None
+    assert dm.skipped_inputs == 1 and dm.input_counts == {"refused_files": 0, "failed_reads": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadAudioFileWarning)
-        loader = torch.utils.data.DataLoader(val, batch_size=4, num_workers=2)
-        assert sum(len(batch) for batch, _ in loader) == len(val)
+        dm.num_workers = 2
+        batches = list(dm.val_dataloader())  # the epoch runs to its end without the broken file
+    assert sum(len(x) for x, _ in batches) == len(val) - 1 and [len(x) for x, _ in batches][0] == 3
     assert dm.skipped_inputs == 2  # a failure inside a worker process is counted too
 
 
@@ -216,16 +214,16 @@ def test_constructor_takes_plain_values_and_mini_root_logic(mini_root):
     cfg = OmegaConf.create({"root": str(mini_root), "classes": ["no", "yes"], "background_snr_db": [0, 10]})
     dm = SpeechCommandsDataModule(**cfg)
     assert dm.class_names == ["no", "yes"] and dm.augment_kwargs["background_snr_db"] == (0.0, 10.0)
-    assert dm.hparams["batch_size"] == 32
-    assert SpeechCommandsDataModule().builds_mini and SpeechCommandsDataModule().root == MINI_ROOT
-    assert not SpeechCommandsDataModule(root=mini_root).builds_mini
-    assert SpeechCommandsDataModule(root=mini_root, build_mini=True).builds_mini
+    assert dm.batch_size == 32
+    assert SpeechCommandsDataModule().build_mini and SpeechCommandsDataModule().root == MINI_ROOT
+    assert not SpeechCommandsDataModule(root=mini_root).build_mini
+    assert SpeechCommandsDataModule(root=mini_root, build_mini=True).build_mini
 
 
 def test_background_noise_mixing(mini_root):
     torch.manual_seed(0)
     dm = SpeechCommandsDataModule(root=mini_root, **NO_AUGMENT, background_noise_prob=1.0)
-    train = dm.dataset("training")
+    train = dm.dataset("train")
     assert len(train.background_noises) == 5
     plain = fbank_features(load_clip(train.files[0]), 16000)
     assert (train[0][0] - plain).abs().mean() > 0.01
@@ -238,5 +236,5 @@ def test_prepare_data_builds_the_default_mini(tmp_path):
     assert dm.num_classes == 10
     dm.setup()
     speakers = {split: {speaker(f) for f, _ in files} for split, files in dm.split_files.items()}
-    assert [len(speakers[s]) for s in ("training", "validation", "testing")] == [44, 8, 8]
-    assert [len(dm.split_files[s]) for s in ("training", "validation", "testing")] == [880, 160, 160]
+    assert [len(speakers[s]) for s in ("train", "val", "test")] == [44, 8, 8]
+    assert [len(dm.split_files[s]) for s in ("train", "val", "test")] == [880, 160, 160]

@@ -12,7 +12,7 @@ import torchaudio
 from modalities.audio import build_mini
 from modalities.audio.mini import (
     BACKGROUND_DIR,
-    MARKER,
+    MANIFEST,
     VOICE_VARIANTS,
     _voiced_span,
     is_complete,
@@ -100,12 +100,13 @@ def test_deterministic_and_noop(small_mini, tmp_path):
     assert files == sorted(p.relative_to(base_of(again)) for p in base_of(again).rglob("*") if p.is_file())
     for rel in files:
         assert (base_of(small_mini) / rel).read_bytes() == (base_of(again) / rel).read_bytes(), rel
-    marker = base_of(again) / MARKER
+    marker = base_of(again) / MANIFEST
     stamp = marker.stat().st_mtime_ns
     start = time.perf_counter()
     assert build_mini(tmp_path / "again", seed=0, **SMALL) == tmp_path / "again"
     assert time.perf_counter() - start < 0.5 and marker.stat().st_mtime_ns == stamp
-    assert is_complete(tmp_path / "again") and not is_complete(tmp_path / "nothing")
+    assert is_complete(tmp_path / "again", seed=0) and not is_complete(tmp_path / "again", seed=1)
+    assert not is_complete(tmp_path / "nothing")
 
 
 def test_other_seed_rebuilds_and_foreign_folders_are_protected(small_mini, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from core.tasks.forecasting import ForecastErrors, ForecastingTask, masked_loss
 from modalities.timeseries import GlobalWeatherDataModule, WideTableDataModule, build_mini
 from modalities.timeseries.datamodule import MissingValuesWarning
-from modalities.timeseries.mini import MARKER, expected_files
+from modalities.timeseries.mini import MANIFEST, expected_files
 
 SMALL = dict(num_stations=12, days=40)
 
@@ -51,7 +51,7 @@ def test_mini_is_deterministic_and_a_no_op_when_complete(small_mini, tmp_path):
     build_mini(again, seed=0, **SMALL)
     assert (again / "temp_global_hourly_train.npy").stat().st_mtime_ns == stamp
     other = build_mini(again, seed=1, **SMALL)  # other parameters: rebuilt in place
-    assert json.loads((other / MARKER).read_text())["seed"] == 1
+    assert json.loads((other / MANIFEST).read_text())["seed"] == 1
     assert not np.array_equal(np.load(other / "stations_sorted.npy"), np.load(small_mini / "stations_sorted.npy"))
 
 

@@ -28,25 +28,26 @@ Clips are read with soundfile, downmixed, resampled to 16 kHz, zero-padded at th
 
 Bad files: every listed wav is checked once in ``setup`` (empty, unreadable/non-wav, truncated header, no audio
 frames); each bad one is named in a ``BadAudioFileWarning`` and skipped, and they are collected in
-``datamodule.skipped_files`` as ``(path, reason)``. A file that passes the check but fails to read later (it changed
-on disk) is named in a warning and replaced by the next item of the split, so one bad file never ends an epoch;
-such failures are counted across DataLoader workers. ``datamodule.skipped_inputs`` is the total of both.
+``datamodule.skipped_files`` as ``(path, reason)`` (``refused_files``). A file that passes the check but fails
+to read later (it changed on disk) is named in a warning and dropped from its batch, as in every modality
+(``failed_reads``, counted across DataLoader workers); one bad file never ends an epoch. The DataModule derives
+from ``modalities.base.ModalityDataModule``: ``skipped_inputs`` is the total, ``input_counts`` its parts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import soundfile as sf
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from modalities.base import SPLITS, BadInputCounter, ModalityDataModule, report_bad_input
 
 from . import mini
 from .preprocess import (
@@ -67,7 +68,6 @@ from .preprocess import (
     to_mono,
 )
 
-SPLITS = ("training", "validation", "testing")
 _MAX_NAMED_WARNINGS = 20  # bad files named one by one; beyond that a single summary warning
 
 
@@ -177,7 +177,7 @@ class SpeechCommandsDataset(Dataset):
         background_noises: Sequence[Tensor] = (),
         background_noise_prob: float = 0.0,
         background_snr_db: tuple[float, float] = (5.0, 20.0),
-        failures=None,
+        bad_inputs: BadInputCounter | None = None,
     ) -> None:
         if len(files) != len(labels):
             raise ValueError("files and labels differ in length")
@@ -198,7 +198,7 @@ class SpeechCommandsDataset(Dataset):
         self.background_noises = list(background_noises)
         self.background_noise_prob = float(background_noise_prob)
         self.background_snr_db = (float(background_snr_db[0]), float(background_snr_db[1]))
-        self.failures = failures  # a shared multiprocessing counter of failed reads (workers add to it), or None
+        self.bad_inputs = bad_inputs  # shared with the DataLoader workers, or None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -208,30 +208,22 @@ class SpeechCommandsDataset(Dataset):
         target[label] = 1.0
         return target
 
-    def _load(self, index: int) -> tuple[Tensor, int] | None:
+    def _load(self, index: int) -> Tensor | None:
         try:
-            return load_clip(self.files[index], self.sample_rate, self.clip_seconds), index
-        except Exception as err:
-            warnings.warn(f"skipping {self.files[index]}: {type(err).__name__}: {err}", BadAudioFileWarning)
-            if self.failures is not None:
-                with self.failures.get_lock():
-                    self.failures.value += 1
+            return load_clip(self.files[index], self.sample_rate, self.clip_seconds)
+        except Exception as err:  # soundfile / resampling errors of a file that changed after the set-up check
+            report_bad_input(self.bad_inputs, "failed_reads", f"skipping {self.files[index]}: {type(err).__name__}: "
+                             f"{err}", BadAudioFileWarning)
             return None
 
-    def _load_or_next(self, index: int) -> tuple[Tensor, int]:
-        # A file that broke after the setup check: fall back to the following items rather than end the epoch.
-        for step in range(min(len(self), 16)):
-            loaded = self._load((index + step) % len(self))
-            if loaded is not None:
-                return loaded
-        raise RuntimeError(f"16 consecutive unreadable files from {self.files[index]}")
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | None:
         with _one_thread():
             return self._item(index)
 
-    def _item(self, index: int) -> tuple[Tensor, Tensor]:
-        waveform, index = self._load_or_next(index)
+    def _item(self, index: int) -> tuple[Tensor, Tensor] | None:
+        waveform = self._load(index)
+        if waveform is None:
+            return None  # dropped from its batch by the collate function
         target = self.one_hot(self.labels[index])
         if not self.train:
             features = fbank_features(
@@ -244,9 +236,9 @@ class SpeechCommandsDataset(Dataset):
             low, high = self.background_snr_db
             waveform = add_background_noise(waveform, noise, float(low + (high - low) * torch.rand(())))
         if self.mixup > 0 and torch.rand(()) < self.mixup:
-            partner = self._load(int(torch.randint(len(self), ())))
-            if partner is not None:
-                other, other_index = partner
+            other_index = int(torch.randint(len(self), ()))
+            other = self._load(other_index)
+            if other is not None:
                 lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
                 waveform = mix_waveforms(waveform, other, lam)
                 target = lam * target + (1.0 - lam) * self.one_hot(self.labels[other_index])
@@ -256,7 +248,7 @@ class SpeechCommandsDataset(Dataset):
         return jitter_and_roll(fbank, self.noise_scale, self.roll_frames), target
 
 
-class SpeechCommandsDataModule(L.LightningDataModule):
+class SpeechCommandsDataModule(ModalityDataModule):
     """Speech Commands V2 (real layout) -> ``(B x T x F features, B x num_classes float targets)`` batches.
 
     ``root=None`` means the repository's mini dataset (``data/mini/audio``), built by ``prepare_data`` when missing
@@ -264,9 +256,14 @@ class SpeechCommandsDataModule(L.LightningDataModule):
     Relative roots are resolved against the current directory. Augmentation parameters apply to training only.
     ``seed`` seeds the training shuffle and the DataLoader workers' RNG streams; with ``num_workers=0`` the
     augmentation draws from the global torch RNG (seed it, e.g. with ``lightning.seed_everything``).
+    Splits ``train`` / ``val`` / ``test`` are the dataset's training set / ``validation_list.txt`` /
+    ``testing_list.txt``.
     """
 
     in_chans = 1
+    mini = mini
+    bad_input_kinds = {"refused_files": True, "failed_reads": True}
+    drop_last_train = False
 
     def __init__(
         self,
@@ -295,12 +292,13 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         mini_seed: int = 0,
         validate_files: bool = True,
         pin_memory: bool = False,
+        persistent_workers: bool = True,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(logger=False)  # the run saves its resolved config; keys like `mixup` mean other things in the task
-        self.root = Path(root).expanduser().resolve() if root is not None else mini.MINI_ROOT
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
+        root = Path(root).expanduser().resolve() if root is not None else mini.MINI_ROOT
+        if build_mini is None:
+            build_mini = root == mini.MINI_ROOT.resolve()
+        super().__init__(root, None, int(batch_size), None, int(num_workers), bool(pin_memory),
+                         bool(persistent_workers), bool(build_mini), int(mini_seed))
         self._classes = [str(c) for c in classes] if classes is not None else None
         self.sample_rate = int(sample_rate)
         self.clip_seconds = float(clip_seconds)
@@ -324,89 +322,69 @@ class SpeechCommandsDataModule(L.LightningDataModule):
             "background_snr_db": (float(background_snr_db[0]), float(background_snr_db[1])),
         }
         self.seed = int(seed)
-        self.build_mini = build_mini
-        self.mini_seed = int(mini_seed)
         self.validate_files = bool(validate_files)
-        self.pin_memory = bool(pin_memory)
 
         self.skipped_files: list[tuple[str, str]] = []
-        self._failures = None  # reads that failed after the set-up check (shared with DataLoader workers)
         self.split_files: dict[str, list[tuple[str, int]]] = {}
-        self._class_names: list[str] | None = None
         self._background: list[Tensor] | None = None
-        self._datasets: dict[str, SpeechCommandsDataset] = {}
+
+    # ------------------------------------------------------------------ what the base asks for
+
+    def check_root(self) -> None:
+        check_layout(self.root)
+
+    def read_class_names(self) -> list[str]:
+        """Class names in label order (reads the word folders, building the mini if it is due)."""
+        self.prepare_data()
+        present = word_folders(check_layout(self.root))
+        if self._classes is None:
+            return present
+        missing = [c for c in self._classes if c not in present]
+        if missing or len(set(self._classes)) != len(self._classes) or not self._classes:
+            raise ValueError(
+                f"classes {self._classes} must be distinct word folders of {check_layout(self.root)}; "
+                f"missing: {missing}; present: {present}"
+            )
+        return list(self._classes)
+
+    def build_dataset(self, split: str) -> SpeechCommandsDataset:
+        if not self.split_files:
+            self._index()
+        files = self.split_files[split]
+        if not files:
+            raise ValueError(f"the {split} split of {self.root} has no usable files for classes {self.class_names}")
+        common = {
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "feature_kwargs": self.feature_kwargs,
+            "bad_inputs": self.bad_inputs,
+        }
+        if split != "train":
+            return SpeechCommandsDataset([f for f, _ in files], [y for _, y in files], self.num_classes, **common)
+        augment = dict(self.augment_kwargs)
+        augment["background_noises"] = self._background_noises() if augment["background_noise_prob"] > 0 else ()
+        return SpeechCommandsDataset(
+            [f for f, _ in files], [y for _, y in files], self.num_classes, train=True, **common, **augment
+        )
+
+    def loader_options(self, split: str) -> dict:
+        return {"generator": torch.Generator().manual_seed(self.seed)}
 
     # ------------------------------------------------------------------ metadata
-
-    @property
-    def builds_mini(self) -> bool:
-        if self.build_mini is not None:
-            return bool(self.build_mini)
-        return self.root == mini.MINI_ROOT.resolve()
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names in label order (reads the word folders on first use, building the mini if it is due)."""
-        if self._class_names is None:
-            if self.builds_mini:
-                self.prepare_data()
-            base = check_layout(self.root)
-            present = word_folders(base)
-            if self._classes is None:
-                self._class_names = present
-            else:
-                missing = [c for c in self._classes if c not in present]
-                if missing or len(set(self._classes)) != len(self._classes) or not self._classes:
-                    raise ValueError(
-                        f"classes {self._classes} must be distinct word folders of {base}; "
-                        f"missing: {missing}; present: {present}"
-                    )
-                self._class_names = list(self._classes)
-        return list(self._class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def skipped_inputs(self) -> int:
-        """Inputs that never reached the model: files refused by the set-up check plus failed reads so far."""
-        return len(self.skipped_files) + (0 if self._failures is None else int(self._failures.value))
-
-    @property
-    def input_counts(self) -> dict[str, int]:
-        """The parts of ``skipped_inputs``: files refused at set-up, reads that failed later."""
-        failed = 0 if self._failures is None else int(self._failures.value)
-        return {"refused_files": len(self.skipped_files), "failed_reads": failed}
 
     @property
     def feature_shape(self) -> tuple[int, int]:
         """(T, F) of one item's features."""
         return self.feature_kwargs["target_length"], self.feature_kwargs["num_mel_bins"]
 
-    # ------------------------------------------------------------------ Lightning hooks
-
-    def prepare_data(self) -> None:
-        if self.builds_mini:
-            mini.build_mini(self.root, seed=self.mini_seed)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._failures is None:
-            self._failures = multiprocessing.Value("i", 0)
-        if not self.split_files:
-            self._index()
-        stages = {"fit": ("training", "validation"), "validate": ("validation",), "test": ("testing",)}
-        wanted = stages.get(stage, ("testing",) if stage == "predict" else SPLITS)
-        for split in wanted:
-            if split not in self._datasets:
-                self._datasets[split] = self._make_dataset(split)
+    # ------------------------------------------------------------------ helpers
 
     def _index(self) -> None:
         base = check_layout(self.root)
         names = self.class_names
         label_of = {name: i for i, name in enumerate(names)}
         listed = {}
-        for split, filename in (("validation", "validation_list.txt"), ("testing", "testing_list.txt")):
+        for split, filename in (("val", "validation_list.txt"), ("test", "testing_list.txt")):
             for line in (base / filename).read_text().splitlines():
                 if line.strip():
                     listed[os.path.normpath(line.strip())] = split
@@ -418,19 +396,22 @@ class SpeechCommandsDataModule(L.LightningDataModule):
                 if reason is not None:
                     bad.append((str(path), reason))
                     continue
-                split = listed.get(os.path.join(name, path.name), "training")
+                split = listed.get(os.path.join(name, path.name), "train")
                 split_files[split].append((str(path), label_of[name]))
-        self._warn_bad(bad)
-        self.skipped_files = bad
+        self._refuse(bad)
         self.split_files = split_files
 
-    def _warn_bad(self, bad: list[tuple[str, str]]) -> None:
+    def _refuse(self, bad: list[tuple[str, str]]) -> None:
+        """Name (the first ones one by one), record and count files refused by the set-up check."""
         for path, reason in bad[:_MAX_NAMED_WARNINGS]:
             warnings.warn(f"skipping {path}: {reason}", BadAudioFileWarning, stacklevel=3)
         if len(bad) > _MAX_NAMED_WARNINGS:
             more = len(bad) - _MAX_NAMED_WARNINGS
             message = f"... and {more} more bad files skipped (see datamodule.skipped_files)"
             warnings.warn(message, BadAudioFileWarning, stacklevel=3)
+        self.skipped_files.extend(bad)
+        if bad:
+            self.bad_inputs.add("refused_files", len(bad))
 
     def _background_noises(self) -> list[Tensor]:
         if self._background is None:
@@ -447,56 +428,5 @@ class SpeechCommandsDataModule(L.LightningDataModule):
                         reason = f"unreadable ({type(err).__name__}: {err})"
                 if reason is not None:
                     bad.append((str(path), reason))
-            self._warn_bad(bad)
-            self.skipped_files.extend(bad)
+            self._refuse(bad)
         return self._background
-
-    def _make_dataset(self, split: str) -> SpeechCommandsDataset:
-        files = self.split_files[split]
-        if not files:
-            raise ValueError(f"the {split} split of {self.root} has no usable files for classes {self.class_names}")
-        common = {
-            "sample_rate": self.sample_rate,
-            "clip_seconds": self.clip_seconds,
-            "feature_kwargs": self.feature_kwargs,
-            "failures": self._failures,
-        }
-        if split != "training":
-            return SpeechCommandsDataset([f for f, _ in files], [y for _, y in files], self.num_classes, **common)
-        augment = dict(self.augment_kwargs)
-        augment["background_noises"] = self._background_noises() if augment["background_noise_prob"] > 0 else ()
-        return SpeechCommandsDataset(
-            [f for f, _ in files], [y for _, y in files], self.num_classes, train=True, **common, **augment
-        )
-
-    def dataset(self, split: str) -> SpeechCommandsDataset:
-        """The dataset of ``split`` (``training | validation | testing``), set up on demand."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if split not in self._datasets:
-            self.setup({"training": "fit", "validation": "validate", "testing": "test"}[split])
-        return self._datasets[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-            generator=generator,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("training", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("testing", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("testing", shuffle=False)

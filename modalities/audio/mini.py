@@ -25,10 +25,8 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
-import json
 import multiprocessing
 import os
-import shutil
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,12 +37,13 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from modalities.mini_build import MANIFEST, build_atomically, manifest_matches
+
 # The mini root the DataModule builds automatically: data/mini/audio in the repository (editable install).
 MINI_ROOT = Path(__file__).resolve().parents[2] / "data" / "mini" / "audio"
 FOLDER_IN_ARCHIVE = "SpeechCommands"
 DATASET_DIR = "speech_commands_v0.02"
 BACKGROUND_DIR = "_background_noise_"
-MARKER = ".mini_complete.json"  # written last: its presence means the build finished
 
 SPEECH_COMMANDS_WORDS = (
     "backward bed bird cat dog down eight five follow forward four go happy house learn left marvin nine no off "
@@ -309,24 +308,16 @@ def _params(seed, words, num_speakers, clips_per_speaker, num_val_speakers, num_
     }
 
 
-def is_complete(root: str | os.PathLike, **params) -> bool:
-    """True if ``root`` holds a finished mini build (with exactly these build parameters, if any are given)."""
-    marker = Path(root) / FOLDER_IN_ARCHIVE / DATASET_DIR / MARKER
-    if not marker.is_file():
-        return False
-    if not params:
-        return True
-    return json.loads(marker.read_text()).get("params") == params
+def _built_here(folder: Path) -> bool:
+    """Whether ``folder`` holds a build of this module (its manifest, or the marker of builds before it had one),
+    which a rebuild may replace."""
+    return (folder / MANIFEST).is_file() or (folder / ".mini_complete.json").is_file()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def is_complete(root: str | os.PathLike, seed: int | None = None) -> bool:
+    """True if ``root`` holds a finished mini build (built with ``seed``, if given)."""
+    target = Path(root) / FOLDER_IN_ARCHIVE / DATASET_DIR
+    return manifest_matches(target) if seed is None else manifest_matches(target, seed=int(seed))
 
 
 def build_mini(
@@ -359,9 +350,9 @@ def build_mini(
     params = _params(seed, words, num_speakers, clips_per_speaker, num_val_speakers, num_test_speakers, snr_db)
     archive = root / FOLDER_IN_ARCHIVE
     target = archive / DATASET_DIR
-    if not force and is_complete(root, **params):
+    if not force and manifest_matches(target, params=params):
         return root
-    if target.exists() and not (target / MARKER).is_file() and any(target.iterdir()):
+    if target.exists() and not _built_here(target) and any(target.iterdir()):
         raise FileExistsError(f"{target} exists and was not built by build_mini; refusing to overwrite it")
 
     speakers = make_speakers(num_speakers, seed)
@@ -370,14 +361,7 @@ def build_mini(
     spread = np.linspace(-25, 25, clips_per_speaker) if clips_per_speaker > 1 else np.zeros(1)
     rate_offsets = [int(x) for x in np.rint(spread)]
 
-    archive.mkdir(parents=True, exist_ok=True)
-    for stale in archive.glob(f".{DATASET_DIR}.building-*"):  # left by a crashed build
-        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = archive / f".{DATASET_DIR}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> dict:
         noises = _background_noises(seed)
         (tmp / BACKGROUND_DIR).mkdir()
         for name, noise in noises.items():
@@ -397,8 +381,8 @@ def build_mini(
                     "snr_db": tuple(params["snr_db"]),
                 }
             )
-        workers = workers or min(2, os.cpu_count() or 1)
-        with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
+        with multiprocessing.get_context("fork").Pool(workers or min(2, os.cpu_count() or 1),
+                                                      maxtasksperchild=1) as pool:
             written = pool.map(_build_word, tasks, chunksize=1)
 
         lists: dict[str, list[str]] = {"validation": [], "testing": []}
@@ -414,12 +398,7 @@ def build_mini(
             f"{len(words)} words x {num_speakers} speakers x {clips_per_speaker} clips; speakers and their split:\n\n"
             + "".join(f"- {s.id}: {split[s.id]}, {asdict(s)}\n" for s in speakers)
         )
-        (tmp / MARKER).write_text(json.dumps({"params": params}, indent=1, sort_keys=True) + "\n")
-        old = archive / f".{DATASET_DIR}.old-{os.getpid()}"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return {"seed": int(seed), "params": params}
+
+    build_atomically(target, write, lambda path: manifest_matches(path, params=params), force)
     return root

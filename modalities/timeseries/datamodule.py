@@ -35,12 +35,13 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from modalities.base import ModalityDataModule
 
 from . import mini
 from .preprocess import (
@@ -84,12 +85,14 @@ class WindowDataset(Dataset):
         return pack_window(values, self.marks[rows], self.seq_len), values[self.seq_len :].clone()
 
 
-class StationSeriesDataModule(L.LightningDataModule):
-    """Windows, loaders, counts and baselines shared by both layouts; subclasses read the splits.
+class StationSeriesDataModule(ModalityDataModule):
+    """Windows, counts and baselines shared by both layouts (loaders: the shared base); subclasses read the splits.
 
     Args:
+        root: the dataset folder (or table) the splits are read from.
         seq_len, label_len, pred_len: input length, decoder start length, forecast length (48 / 24 / 24).
-        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
+        batch_size, num_workers, pin_memory, persistent_workers, build_mini, mini_seed: see
+            ``modalities.base.ModalityDataModule``.
         train_stride, val_stride, test_stride: step between consecutive windows of each split (1 = every hour;
             the paper protocol tests on every window).
         value_scale: stored units per physical unit (10 for the real files: metrics are also reported / 100, / 10).
@@ -98,8 +101,15 @@ class StationSeriesDataModule(L.LightningDataModule):
         freq: the series' step (pandas frequency string).
     """
 
+    in_chans = 1
+    mini = mini
+    # windows are never dropped: gaps become NaN rows that the task masks out
+    bad_input_kinds = {"missing_values": False, "inserted_steps": False}
+    drop_last_train = False
+
     def __init__(
         self,
+        root: str | os.PathLike,
         seq_len: int = 48,
         label_len: int = 24,
         pred_len: int = 24,
@@ -107,6 +117,8 @@ class StationSeriesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        build_mini: bool = False,
+        mini_seed: int = 0,
         train_stride: int = 1,
         val_stride: int = 1,
         test_stride: int = 1,
@@ -115,22 +127,18 @@ class StationSeriesDataModule(L.LightningDataModule):
         linear_ridge: float = 1e-3,
         freq: str = "h",
     ):
-        super().__init__()
+        super().__init__(root, None, batch_size, None, num_workers, pin_memory, persistent_workers, build_mini,
+                         mini_seed)
         if seq_len < 1 or pred_len < 1 or not 0 <= label_len <= seq_len:
             raise ValueError(f"need seq_len >= 1, pred_len >= 1, 0 <= label_len <= seq_len; got {seq_len}/{label_len}/{pred_len}")
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.strides = {"train": train_stride, "val": val_stride, "test": test_stride}
         self.value_scale = float(value_scale)
         self.seasonal_period, self.linear_ridge, self.freq = seasonal_period, linear_ridge, freq
-        self.in_chans = 1
-        self.class_names: list[str] = []  # a forecasting task has no classes
         self.missing_values: dict[str, int] = {}
         self.inserted_steps: dict[str, int] = {}
         self.baselines: dict[str, torch.nn.Module] = {}
         self._splits: dict[str, tuple[np.ndarray, pd.DatetimeIndex]] | None = None
-        self._datasets: dict[str, WindowDataset] = {}
         self._coords: np.ndarray | None = None
 
     # --- what subclasses provide --------------------------------------------------------------------------
@@ -142,6 +150,9 @@ class StationSeriesDataModule(L.LightningDataModule):
     def read_splits(self) -> dict[str, tuple[np.ndarray, pd.DatetimeIndex]]:
         """split -> (T x D float values, T timestamps), as stored."""
         raise NotImplementedError
+
+    def read_class_names(self) -> None:
+        return None  # a forecasting task has no classes
 
     # --- model-facing attributes --------------------------------------------------------------------------
 
@@ -184,6 +195,8 @@ class StationSeriesDataModule(L.LightningDataModule):
             values, timestamps, inserted = regularize_hourly(values.astype(np.float32), timestamps, self.freq, split)
             self.inserted_steps[split] = inserted
             self.missing_values[split] = int(np.isnan(values).sum())
+            self.bad_inputs.add("inserted_steps", inserted)
+            self.bad_inputs.add("missing_values", self.missing_values[split])
             if num_windows(len(values), self.seq_len, self.pred_len) == 0:
                 raise ValueError(
                     f"{split} split has {len(values)} steps, fewer than one window "
@@ -207,54 +220,15 @@ class StationSeriesDataModule(L.LightningDataModule):
         self._splits = splits
         return splits
 
-    @property
-    def skipped_inputs(self) -> int:
-        """Always 0: no window is ever dropped. Gaps become NaN rows that the task masks out (counted in
-        ``input_counts``); files that disagree with each other are refused with an error naming them."""
-        return 0
-
-    @property
-    def input_counts(self) -> dict[str, int]:
-        """Bad-input counts of the splits loaded so far: missing values and inserted (absent) time steps."""
-        return {"missing_values": sum(self.missing_values.values()),
-                "inserted_steps": sum(self.inserted_steps.values())}
-
     def setup(self, stage: str | None = None) -> None:
-        splits = self._load()
-        for split, (values, timestamps) in splits.items():
-            if split not in self._datasets:
-                self._datasets[split] = WindowDataset(
-                    values, time_features(timestamps), self.seq_len, self.pred_len, self.strides[split]
-                )
+        super().setup(stage)
         if not self.baselines:
-            self.baselines = build_baselines(
-                splits["train"][0], self.seq_len, self.pred_len, self.seasonal_period, self.linear_ridge
-            )
+            train = self._load()["train"][0]
+            self.baselines = build_baselines(train, self.seq_len, self.pred_len, self.seasonal_period, self.linear_ridge)
 
-    def dataset(self, split: str) -> WindowDataset:
-        if split not in self._datasets:
-            self.setup()
-        return self._datasets[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def build_dataset(self, split: str) -> WindowDataset:
+        values, timestamps = self._load()[split]
+        return WindowDataset(values, time_features(timestamps), self.seq_len, self.pred_len, self.strides[split])
 
 
 def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
@@ -289,23 +263,16 @@ class GlobalWeatherDataModule(StationSeriesDataModule):
         value_scale: float = mini.VALUE_SCALE,
         **kwargs,
     ):
-        super().__init__(value_scale=value_scale, **kwargs)
+        root = Path(root).expanduser().resolve() if root is not None else mini.MINI_ROOT
+        if build_mini is None:
+            build_mini = root == mini.MINI_ROOT.resolve()
+        super().__init__(root, value_scale=value_scale, build_mini=bool(build_mini), **kwargs)
         if variable not in VARIABLES:
             raise ValueError(f"unknown variable {variable!r}; valid choices: {', '.join(VARIABLES)}")
-        self.root = Path(root).expanduser().resolve() if root is not None else mini.MINI_ROOT
         self.variable = variable
-        self.build_mini = build_mini
         self.allow_pickle = allow_pickle
 
-    @property
-    def builds_mini(self) -> bool:
-        if self.build_mini is not None:
-            return bool(self.build_mini)
-        return self.root == mini.MINI_ROOT.resolve()
-
-    def prepare_data(self) -> None:
-        if self.builds_mini:
-            mini.build_mini(self.root)
+    def check_root(self) -> None:
         missing = [name for name in self.expected_files() if not (self.root / name).is_file()]
         if missing:
             raise FileNotFoundError(
@@ -321,7 +288,7 @@ class GlobalWeatherDataModule(StationSeriesDataModule):
         ]
 
     def read_coords(self) -> np.ndarray:
-        if self.builds_mini and not (self.root / mini.STATIONS_FILE).is_file():
+        if self.build_mini and not (self.root / mini.STATIONS_FILE).is_file():
             self.prepare_data()
         return _load_npy(self.root / mini.STATIONS_FILE, self.allow_pickle)
 
@@ -374,7 +341,7 @@ class WideTableDataModule(StationSeriesDataModule):
         split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(table, **kwargs)
         self.table, self.stations = Path(table), Path(stations)
         self.time_column, self.station_column = time_column, station_column
         self.coord_columns = list(coord_columns)

@@ -29,20 +29,19 @@ parameters is left alone.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from modalities.mini_build import MANIFEST, build_atomically, manifest_matches
 
 # The mini root the DataModule builds automatically: data/mini/timeseries in the repository (editable install).
 MINI_ROOT = Path(__file__).resolve().parents[2] / "data" / "mini" / "timeseries"
 SPLITS = ("train", "val", "test")
 VARIABLES = ("temp", "wind")
 VALUE_SCALE = 10.0  # stored values are physical units x 10, like the real files
-MARKER = ".mini_complete.json"  # written last: its presence means the build finished
 STATIONS_FILE = "stations_sorted.npy"
 
 
@@ -62,16 +61,15 @@ def _params(seed: int, num_stations: int, days: int, start: str) -> dict:
     return {"seed": seed, "num_stations": num_stations, "days": days, "start": start, "version": 2}
 
 
-def is_complete(root: str | os.PathLike, **params) -> bool:
-    """True if ``root`` holds a finished mini build with exactly these parameters."""
-    root = Path(root)
-    marker = root / MARKER
-    if not marker.is_file() or not all((root / name).is_file() for name in expected_files()):
-        return False
-    try:
-        return json.loads(marker.read_text()) == params
-    except (OSError, json.JSONDecodeError):
-        return False
+def _built_here(folder: Path) -> bool:
+    """Whether ``folder`` holds a build of this module (its manifest, or the marker of builds before it had one),
+    which a rebuild may replace."""
+    return (folder / MANIFEST).is_file() or (folder / ".mini_complete.json").is_file()
+
+
+def is_complete(root: str | os.PathLike, seed: int | None = None) -> bool:
+    """True if ``root`` holds a finished mini build (built with ``seed``, if given)."""
+    return manifest_matches(root) if seed is None else manifest_matches(root, seed=int(seed))
 
 
 # --- the synthetic climate -----------------------------------------------------------------------------------
@@ -198,9 +196,9 @@ def build_mini(
     if num_stations < 2 or days < 10:
         raise ValueError(f"the mini dataset needs at least 2 stations and 10 days, got {num_stations} and {days}")
     params = _params(seed, num_stations, days, start)
-    if not force and is_complete(root, **params):
+    if not force and manifest_matches(root, **params):
         return root
-    if root.exists() and not (root / MARKER).is_file() and any((root / name).exists() for name in expected_files()):
+    if root.exists() and not _built_here(root) and any((root / name).exists() for name in expected_files()):
         raise FileExistsError(f"{root} holds station files not built by build_mini; refusing to overwrite them")
 
     rng = np.random.default_rng(seed)
@@ -219,25 +217,15 @@ def build_mini(
     hole_start = bounds[1] // 2
     hole[hole_start : hole_start + 5] = True  # five hours the archive never received (train split)
 
-    staging = root.parent / f".{root.name}.building"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    np.save(staging / STATIONS_FILE, stations)
-    for split, rows in pieces.items():
-        keep = ~hole[rows]
-        np.save(staging / time_file(split), timestamps[rows][keep].strftime("%Y-%m-%d %H:%M:%S").to_numpy(dtype=str))
-        for variable, values in (("temp", temperature), ("wind", wind)):
-            stored = (values[rows][keep] * VALUE_SCALE).astype(np.float32)[:, :, None]  # (T, stations, 1)
-            np.save(staging / values_file(variable, split), stored)
-    (staging / MARKER).write_text(json.dumps(params))
+    def write(staging: Path) -> dict:
+        np.save(staging / STATIONS_FILE, stations)
+        for split, rows in pieces.items():
+            keep = ~hole[rows]
+            stamps = timestamps[rows][keep].strftime("%Y-%m-%d %H:%M:%S").to_numpy(dtype=str)
+            np.save(staging / time_file(split), stamps)
+            for variable, values in (("temp", temperature), ("wind", wind)):
+                stored = (values[rows][keep] * VALUE_SCALE).astype(np.float32)[:, :, None]  # (T, stations, 1)
+                np.save(staging / values_file(variable, split), stored)
+        return params
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    if root.exists():
-        for name in [*expected_files(), MARKER]:
-            (root / name).unlink(missing_ok=True)
-        for path in sorted(staging.iterdir(), key=lambda p: p.name == MARKER):  # the marker last
-            path.replace(root / path.name)
-        staging.rmdir()
-    else:
-        staging.replace(root)
-    return root
+    return build_atomically(root, write, lambda path: manifest_matches(path, **params), force)
