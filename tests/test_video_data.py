@@ -114,7 +114,7 @@ def test_missing_clips_are_skipped_named_and_counted(kinetics, tmp_path):
     dm = _datamodule(kinetics, annotations={"train": str(tmp_path / "train.csv")})
     with pytest.warns(MissingVideoWarning, match=r"1 of 7 clips listed in .*train.csv are missing .*goneFromYT1_000005_000015"):
         dm.setup("fit")
-    assert len(dm.datasets["train"]) == 6 and dm.missing_videos == 1
+    assert len(dm.datasets["train"]) == 6 and dm.input_counts["missing_videos"] == 1 and dm.skipped_inputs == 1
 
 
 def test_list_format(kinetics, tmp_path):
@@ -149,7 +149,7 @@ def test_missing_dataset_explains_the_layout(tmp_path):
 
 
 def test_num_classes_mismatch_is_reported(kinetics):
-    with pytest.raises(ValueError, match="have 3 classes but data.num_classes is 400"):
+    with pytest.raises(ValueError, match="has 3 classes but data.num_classes is 400"):
         _datamodule(kinetics, num_classes=400).setup("fit")
 
 
@@ -190,7 +190,8 @@ def test_bad_videos_are_skipped_or_padded_named_and_counted(bad_kinetics, kineti
     assert len(short) == 1 and "shrt0000000_000000_000010.mp4 is shorter than the 4 x 2 frame window" in short[0]
     clips, target = batches[0]
     assert clips.shape == (2, 4, 3, 16, 16) and target.tolist() == [1, 1]  # good and short survive
-    assert dm.skipped_videos == 3 and dm.padded_clips == 1 and dm.skipped_inputs == 3
+    assert dm.input_counts == {"skipped_videos": 3, "missing_videos": 0, "padded_clips": 1}
+    assert dm.skipped_inputs == 3
 
 
 def test_epoch_over_bad_videos_survives_dataloader_workers(bad_kinetics, kinetics):
@@ -201,7 +202,8 @@ def test_epoch_over_bad_videos_survives_dataloader_workers(bad_kinetics, kinetic
         batches = list(dm.val_dataloader())
     sizes = sorted(len(target) for _, target in batches)
     assert sizes == [0, 0, 0, 1, 1]  # an all-bad batch comes out empty instead of raising
-    assert dm.skipped_videos == 3 and dm.padded_clips == 1  # counted inside the worker processes
+    # counted inside the worker processes
+    assert dm.input_counts == {"skipped_videos": 3, "missing_videos": 0, "padded_clips": 1}
     assert not any("VideoReader" in type(v).__name__ for v in vars(dm.datasets["val"]).values())
 
 

@@ -12,8 +12,13 @@ Every cloud is cleaned (non-finite points dropped), normalized to the unit spher
 epoch); a cloud with fewer points is completed by resampling with replacement. Files that cannot be used (a
 mesh that fails to load or has no faces, an unreadable text file, a cloud without finite points or whose
 points are all identical) are skipped with a ``SkippedPointCloudWarning`` naming the file, and counted
-(``skipped_inputs``); repaired clouds (non-finite points dropped) warn with ``RepairedPointCloudWarning`` and are
-counted in ``repaired_clouds``. An epoch never ends because of one file.
+(``skipped_clouds``, which is ``skipped_inputs``); repaired clouds (non-finite points dropped) warn with
+``RepairedPointCloudWarning`` and are counted in ``repaired_clouds``; ``input_counts`` holds both. An epoch never
+ends because of one file; a batch of skipped files only comes out empty (zero rows) and the task skips it.
+
+``ModelNet40DataModule`` derives from the shared base ``modalities.base.ModalityDataModule`` (set-up per stage,
+loaders, the num_classes check, the bad-input policy and counter); it supplies the listing of both formats, the
+validation hold-out and the datasets.
 
 ModelNet-40 has no validation split: by default the test split serves as validation (the protocol of the
 published results); ``val_fraction`` > 0 holds out a stratified part of train instead.
@@ -22,7 +27,6 @@ published results); ``val_fraction`` > 0 holds out a stratified part of train in
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import re
 import tempfile
@@ -31,11 +35,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset
 
+from modalities.base import BadInputCounter, ModalityDataModule, report_bad_input
 from modalities.pointcloud import mini, preprocess
 from modalities.pointcloud.open3d_loader import import_open3d
 
@@ -205,7 +209,8 @@ class PointCloudDataset(Dataset):
         cache_dir: where raw points (``raw/``) and FPS results (``fps<N>/``) are cached as .npy; None: no cache
             (nor when it cannot be written: a warning, then the data is read without it).
         root: the dataset root (cache files mirror the paths below it).
-        counters: shared ``{"skipped": Value, "repaired": Value}`` (DataLoader workers write to them), or None.
+        bad_inputs: the DataModule's shared counter (``skipped_clouds``, ``repaired_clouds``; DataLoader workers
+            add to it), or None.
     """
 
     def __init__(
@@ -217,7 +222,7 @@ class PointCloudDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         cache_dir: str | os.PathLike | None = None,
         root: str | os.PathLike | None = None,
-        counters: dict | None = None,
+        bad_inputs: BadInputCounter | None = None,
     ):
         if sampling not in preprocess.SAMPLING:
             raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(preprocess.SAMPLING)}")
@@ -228,7 +233,7 @@ class PointCloudDataset(Dataset):
         self.transform = transform
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.root = Path(root) if root is not None else None
-        self.counters = counters
+        self.bad_inputs = bad_inputs
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -238,8 +243,8 @@ class PointCloudDataset(Dataset):
         try:
             points = self.points(path)
         except (PointCloudUnusable, OSError, ValueError) as error:
-            warnings.warn(f"skipping point cloud {path}: {error}", SkippedPointCloudWarning, stacklevel=2)
-            self._count("skipped")
+            report_bad_input(self.bad_inputs, "skipped_clouds", f"skipping point cloud {path}: {error}",
+                             SkippedPointCloudWarning)
             return None
         if self.transform is not None:
             points = self.transform(points)
@@ -257,11 +262,9 @@ class PointCloudDataset(Dataset):
             self._cache_write("raw", path, raw)
         points, dropped = preprocess.drop_non_finite(torch.from_numpy(raw))
         if dropped:
-            warnings.warn(
-                f"dropped {dropped} non-finite of {raw.shape[0]} points in {path}", RepairedPointCloudWarning,
-                stacklevel=3,
-            )
-            self._count("repaired")
+            report_bad_input(self.bad_inputs, "repaired_clouds",
+                             f"dropped {dropped} non-finite of {raw.shape[0]} points in {path}",
+                             RepairedPointCloudWarning)
         if preprocess.is_degenerate(points):
             raise PointCloudUnusable("no finite points" if len(points) == 0 else "all points are identical")
         points = preprocess.sample_points(preprocess.normalize_unit_sphere(points), self.num_points, self.sampling)
@@ -306,22 +309,6 @@ class PointCloudDataset(Dataset):
             warnings.warn(f"point-cloud cache disabled, cannot write {cache}: {error}", RuntimeWarning, stacklevel=2)
             self.cache_dir = None
 
-    def _count(self, key: str) -> None:
-        if self.counters is not None:
-            with self.counters[key].get_lock():
-                self.counters[key].value += 1
-
-
-def collate_skipping_none(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """default_collate after dropping the samples the dataset returned as None (skipped files).
-
-    A batch whose samples were all skipped comes out empty (zero rows); the task skips such batches.
-    """
-    kept = [sample for sample in samples if sample is not None]
-    if not kept:
-        return torch.empty(0, 0, 3), torch.empty(0, dtype=torch.long)
-    return default_collate(kept)
-
 
 def stratified_holdout(samples: Sequence[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
     """Split ``samples`` into (kept, held out) with ``fraction`` of every class held out, deterministically.
@@ -340,24 +327,27 @@ def stratified_holdout(samples: Sequence[tuple[Path, int]], fraction: float, see
     return kept, held
 
 
-class ModelNet40DataModule(L.LightningDataModule):
+class ModelNet40DataModule(ModalityDataModule):
     """ModelNet-40 (raw ``.off`` meshes or ``modelnet40_normal_resampled``) and the mini set.
 
     Args:
-        root: the dataset folder (see the module docstring for both layouts).
+        root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers,
+            build_mini: see ``modalities.base.ModalityDataModule`` (root: see the module docstring for both
+            layouts).
         format: ``off``, ``resampled`` or ``auto`` (detected from the files under root).
-        num_classes: expected number of classes (checked); None infers it.
         num_points: points per cloud (N).
         sampling: ``fps`` (farthest-point, cached) or ``random`` (redrawn every time).
         mesh_points: points sampled on every mesh surface before ``sampling`` (off format only).
         cache, cache_dir: cache the raw / FPS-sampled points as .npy under cache_dir (default ``<root>/.cache``).
-        batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
         val_fraction: 0 validates on the test split (ModelNet protocol); > 0 holds out that part of train.
         augment: keyword arguments of ``preprocess.PointCloudAugment`` (rotation, up_axis, scale, translate,
             jitter_sigma, jitter_clip); null disables train augmentation.
-        build_mini: generate the offline mini dataset at ``root`` if it is not there yet.
-        mini_seed: seed of that generation (and of the mesh sampling and the validation hold-out).
+        mini_seed: seed of the mini set's generation (and of the mesh sampling and the validation hold-out).
     """
+
+    in_chans = 3  # C' of the adapter's output (three views)
+    mini = mini
+    bad_input_kinds = {"skipped_clouds": True, "repaired_clouds": False}
 
     def __init__(
         self,
@@ -379,94 +369,37 @@ class ModelNet40DataModule(L.LightningDataModule):
         build_mini: bool = False,
         mini_seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory,
+                         persistent_workers, build_mini, mini_seed)
         if format not in FORMATS:
             raise ValueError(f"unknown point-cloud format {format!r}; valid choices: {', '.join(FORMATS)}")
         if sampling not in preprocess.SAMPLING:
             raise ValueError(f"unknown sampling {sampling!r}; valid choices: {', '.join(preprocess.SAMPLING)}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.root = Path(root)
         self.format = format
-        self._num_classes = num_classes
         self.num_points = num_points
         self.sampling = sampling
         self.mesh_points = mesh_points
         self.cache_dir = (Path(cache_dir) if cache_dir else self.root / ".cache") if cache else None
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
         self.val_fraction = val_fraction
         self.augment = dict(augment) if augment else None
-        self.build_mini = build_mini
-        self.mini_seed = mini_seed
-        self.datasets: dict[str, PointCloudDataset] = {}
         self._listing: tuple[list[str], dict] | None = None
-        self._counters: dict | None = None
 
-    # --- what the task and the harness read -----------------------------------------------------------
+    # --- the base's hooks ----------------------------------------------------------------------------------
 
-    @property
-    def in_chans(self) -> int:
-        """C' of the adapter's output (three views)."""
-        return 3
-
-    @property
-    def class_names(self) -> list[str]:
-        return self._list()[0]
-
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is not None:
-            return self._num_classes
-        return len(self.class_names)
-
-    @property
-    def skipped_inputs(self) -> int:
-        """Files skipped so far (all splits, all DataLoader workers of this process)."""
-        return 0 if self._counters is None else int(self._counters["skipped"].value)
-
-    @property
-    def repaired_clouds(self) -> int:
-        """Clouds whose non-finite points were dropped so far."""
-        return 0 if self._counters is None else int(self._counters["repaired"].value)
-
-    @property
-    def input_counts(self) -> dict[str, int]:
-        """Skipped files and repaired clouds so far."""
-        return {"skipped_clouds": self.skipped_inputs, "repaired_clouds": self.repaired_clouds}
-
-    # --- LightningDataModule hooks ---------------------------------------------------------------------------
-
-    def prepare_data(self) -> None:
-        if self.build_mini and not mini.is_complete(self.root, self.mini_seed):
-            mini.build_mini(self.root, seed=self.mini_seed)
+    def check_root(self) -> None:
         self._list()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._counters is None:
-            self._counters = {"skipped": multiprocessing.Value("i", 0), "repaired": multiprocessing.Value("i", 0)}
-        names, samples = self._list()
-        if self._num_classes is not None and len(names) != self._num_classes:
-            raise ValueError(
-                f"{self.root} has {len(names)} classes but data.num_classes is {self._num_classes}; "
-                "fix data.num_classes (or set it to null to infer it)"
-            )
-        train, val = samples["train"], samples["test"]
-        if self.val_fraction > 0:
-            train, val = stratified_holdout(samples["train"], self.val_fraction, self.mini_seed)
-        splits = {"train": train, "val": val, "test": samples["test"]}
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")):
-            if split not in self.datasets:
-                if not splits[split]:
-                    raise FileNotFoundError(DATASET_HELP.format(missing=f"{self.root}: no {split} samples"))
-                self.datasets[split] = self.dataset(splits[split], train=split == "train")
+    def read_class_names(self) -> list[str]:
+        return self._list()[0]
 
-    def dataset(self, samples: Sequence[tuple[Path, int]], train: bool = False) -> PointCloudDataset:
-        """A dataset over ``samples`` with this DataModule's loading, sampling and (for train) augmentation."""
+    def build_dataset(self, split: str) -> PointCloudDataset:
+        """The split's dataset with this DataModule's loading, sampling and (for train) augmentation."""
+        samples = self._split_samples(split)
+        if not samples:
+            raise FileNotFoundError(DATASET_HELP.format(missing=f"{self.root}: no {split} samples"))
+        train = split == "train"
         transform = preprocess.PointCloudAugment(**self.augment) if train and self.augment else None
         # random sampling draws new points each time; evaluation keeps them fixed (FPS) for stable scores
         sampling = self.sampling if train else "fps"
@@ -475,20 +408,17 @@ class ModelNet40DataModule(L.LightningDataModule):
         else:  # the sampled surface points depend on their number and seed: one cache per setting
             load, tag = _MeshLoader(self.mesh_points, self.mini_seed), f"mesh{self.mesh_points}_seed{self.mini_seed}"
         cache = self.cache_dir / tag if self.cache_dir is not None else None
-        return PointCloudDataset(samples, load, self.num_points, sampling, transform, cache, self.root, self._counters)
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        # full batches only: BatchNorm in the projector dislikes a last batch of one or two clouds
-        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=len(dataset) >= self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], self.eval_batch_size)
+        return PointCloudDataset(samples, load, self.num_points, sampling, transform, cache, self.root, self.bad_inputs)
 
     # --- helpers --------------------------------------------------------------------------------------------
+
+    def _split_samples(self, split: str) -> list[tuple[Path, int]]:
+        """``(path, label)`` pairs of ``split``: val is the test split, or a stratified part of train."""
+        samples = self._list()[1]
+        if self.val_fraction == 0 or split == "test":
+            return samples["test" if split == "val" else split]
+        train, val = stratified_holdout(samples["train"], self.val_fraction, self.mini_seed)
+        return train if split == "train" else val
 
     def _resolved_format(self) -> str:
         return detect_format(self.root) if self.format == "auto" else self.format
@@ -500,18 +430,6 @@ class ModelNet40DataModule(L.LightningDataModule):
             lister = list_resampled_samples if self._resolved_format() == "resampled" else list_off_samples
             self._listing = lister(self.root)
         return self._listing
-
-    def _loader(self, dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=collate_skipping_none,
-        )
 
 
 class _MeshLoader:

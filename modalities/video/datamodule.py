@@ -15,11 +15,16 @@ with the cutmix box shared by all frames of a clip, label smoothing folded in). 
 B x N_F x 3 x h x w for one view per video, B x V x N_F x 3 x h x w for V = clips x crops views (the task averages
 the softmax over the views).
 
+``VideoDataModule`` derives from the shared base ``modalities.base.ModalityDataModule`` (set-up per stage,
+loaders, the num_classes check, the bad-input policy and counter); it supplies the annotation reading, the
+datasets and the train collate function with mixup.
+
 Bad input never ends an epoch: a video that cannot be decoded (unreadable, truncated, zero-length, no frames) is
 named in an ``UnreadableVideoWarning`` and dropped from its batch (``skipped_videos``); a video shorter than the
 sampling window is padded with its last frame and named in a ``ShortClipWarning`` (``padded_clips``); clips
 listed but absent on disk are skipped at set-up with one ``MissingVideoWarning`` per split (``missing_videos``).
-The counts are logged at the end of every stage. A ``decord.VideoReader`` is opened inside ``__getitem__`` for
+``input_counts`` holds these three counts, ``skipped_inputs`` the skipped and missing videos (the base logs the
+counts at the end of a stage where any is non-zero). A ``decord.VideoReader`` is opened inside ``__getitem__`` for
 the one item being read (so in whichever DataLoader worker reads it) and closed right after; no reader is ever
 held by the dataset or shared across processes.
 """
@@ -27,21 +32,19 @@ held by the dataset or shared across processes.
 from __future__ import annotations
 
 import csv
-import logging
-import multiprocessing
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import decord
-import lightning as L
 import numpy as np
 import torch
 from timm.data import Mixup
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
+from modalities.base import BadInputCounter, ModalityDataModule, report_bad_input
 from modalities.video import mini
 from modalities.video.preprocess import (
     EvalClipTransform,
@@ -51,8 +54,6 @@ from modalities.video.preprocess import (
     needs_padding,
     train_indices,
 )
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "list")
 CSV_REQUIRED = ("label", "youtube_id", "time_start", "time_end")
@@ -145,19 +146,6 @@ def read_list_file(list_path: str | os.PathLike, clip_dir: str | os.PathLike) ->
 # --- dataset -----------------------------------------------------------------------------------------------
 
 
-class Counters:
-    """Shared counts of bad inputs (multiprocessing values: DataLoader workers add to them)."""
-
-    def __init__(self):
-        self.skipped = multiprocessing.Value("i", 0)
-        self.padded = multiprocessing.Value("i", 0)
-
-    @staticmethod
-    def add(value, amount: int = 1) -> None:
-        with value.get_lock():
-            value.value += amount
-
-
 def decode_frames(path: str | os.PathLike, indices_for_length) -> tuple[np.ndarray, np.ndarray, bool]:
     """Open ``path`` with decord (one thread), decode the frames ``indices_for_length(num_video_frames)`` asks for.
 
@@ -183,7 +171,8 @@ class VideoClipDataset(Dataset):
     """Clips sampled from video files: train (one random window) or eval (``num_clips`` evenly spaced windows).
 
     Items: train ``(N_F x 3 x s x s, label)``; eval ``(V x N_F x 3 x s x s, label)`` with V = clips x crops of
-    ``transform`` (``(N_F x 3 x s x s, label)`` when V = 1); None for an undecodable video (counted, warned).
+    ``transform`` (``(N_F x 3 x s x s, label)`` when V = 1); None for an undecodable video (reported to
+    ``bad_inputs`` as ``skipped_videos``; a padded clip as ``padded_clips``).
     """
 
     def __init__(
@@ -194,7 +183,7 @@ class VideoClipDataset(Dataset):
         transform,
         train: bool,
         num_clips: int = 1,
-        counters: Counters | None = None,
+        bad_inputs: BadInputCounter | None = None,
     ):
         self.samples = [(str(path), int(label)) for path, label in samples]
         self.num_frames = num_frames
@@ -202,7 +191,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.train = train
         self.num_clips = num_clips
-        self.counters = counters
+        self.bad_inputs = bad_inputs
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -219,19 +208,17 @@ class VideoClipDataset(Dataset):
             frames, clip_index, padded = decode_frames(path, self._indices)
         except DECODE_ERRORS as error:
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            warnings.warn(f"skipping unreadable video {path}: {reason}", UnreadableVideoWarning, stacklevel=2)
-            if self.counters is not None:
-                Counters.add(self.counters.skipped)
+            report_bad_input(self.bad_inputs, "skipped_videos", f"skipping unreadable video {path}: {reason}",
+                             UnreadableVideoWarning)
             return None
         if padded:
-            warnings.warn(
+            report_bad_input(
+                self.bad_inputs,
+                "padded_clips",
                 f"video {path} is shorter than the {self.num_frames} x {self.sampling_rate} frame window: "
                 "padded with its last frame",
                 ShortClipWarning,
-                stacklevel=2,
             )
-            if self.counters is not None:
-                Counters.add(self.counters.padded)
         if self.train:
             return self.transform(as_video(frames[clip_index[0]])), label
         views = torch.cat([self.transform(as_video(frames[indices])) for indices in clip_index])
@@ -269,26 +256,29 @@ class ClipCollate:
 # --- data module -------------------------------------------------------------------------------------------
 
 
-class VideoDataModule(L.LightningDataModule):
+class VideoDataModule(ModalityDataModule):
     """Kinetics-400 (or any video classification set in its forms) with the paper's sampling and augmentation.
 
     Args:
-        root: dataset directory.
+        root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers,
+            build_mini, mini_seed: see ``modalities.base.ModalityDataModule`` (num_classes: checked against the
+            train annotations; None infers it from them).
         annotation_format: ``"csv"`` (official Kinetics CSVs) or ``"list"`` (``path label_index`` lines).
         annotations: split -> annotation file relative to ``root`` (keys train, val, test).
         clip_dirs: split -> folder of that split's clips relative to ``root`` (csv: ``<clip_dir>/<label>/...``;
             list: the prefix of the listed paths). Default: the split name for csv, ``""`` for list.
         class_names_file: list format only: one class name per line, in label-index order.
-        num_classes: expected number of classes (checked); None infers it from the train annotations.
         num_frames, sampling_rate: N_F frames, ``sampling_rate`` frames apart (16 and 4 at paper scale).
         frame_size: crop size h = w of every frame.
         eval_short_side: evaluation resize of the short side before cropping (default: frame_size).
         val_clips, val_crops, test_clips, test_crops: evaluation views per video (5 x 3 at paper scale for test).
-        batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings.
         augment: keyword arguments of ``preprocess.TrainClipTransform`` (scale, ratio, hflip, rand_augment, re_prob).
         mixup: ``timm.data.Mixup`` arguments for the train collate (None: int labels, no mixing).
-        build_mini, mini_seed: generate the offline mini dataset at ``root`` in ``prepare_data`` if missing.
     """
+
+    in_chans = 3
+    mini = mini
+    bad_input_kinds = {"skipped_videos": True, "missing_videos": True, "padded_clips": False}
 
     def __init__(
         self,
@@ -316,10 +306,10 @@ class VideoDataModule(L.LightningDataModule):
         build_mini: bool = False,
         mini_seed: int = 0,
     ):
-        super().__init__()
         if annotation_format not in FORMATS:
             raise ValueError(f"unknown annotation_format {annotation_format!r}; valid choices: {', '.join(FORMATS)}")
-        self.root = Path(root)
+        super().__init__(root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory,
+                         persistent_workers, build_mini, mini_seed)
         self.annotation_format = annotation_format
         default_annotations = {s: f"annotations/{s}.csv" for s in ("train", "val", "test")}
         if annotation_format == "list":
@@ -328,105 +318,44 @@ class VideoDataModule(L.LightningDataModule):
         default_dirs = {s: (s if annotation_format == "csv" else "") for s in ("train", "val", "test")}
         self.clip_dirs = {**default_dirs, **dict(clip_dirs or {})}
         self.class_names_file = class_names_file
-        self._num_classes = num_classes
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
         self.frame_size = frame_size
         self.eval_short_side = eval_short_side
         self.views = {"val": (val_clips, val_crops), "test": (test_clips, test_crops)}
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
         self.augment = dict(augment or {})
         self.mixup = dict(mixup) if mixup else None
-        self.build_mini = build_mini
-        self.mini_seed = mini_seed
-        self.datasets: dict[str, VideoClipDataset] = {}
-        self._class_names: list[str] | None = None
-        self._counters: Counters | None = None
-        self._missing = 0
 
-    # --- what the task and the harness read ----------------------------------------------------------
+    # --- the base's hooks ----------------------------------------------------------------------------------
 
-    @property
-    def in_chans(self) -> int:
-        return 3
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = self._read_class_names()
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes if self._num_classes is not None else len(self.class_names)
-
-    @property
-    def skipped_videos(self) -> int:
-        """Undecodable videos dropped so far (all splits, all DataLoader workers of this process)."""
-        return 0 if self._counters is None else int(self._counters.skipped.value)
-
-    @property
-    def padded_clips(self) -> int:
-        """Clips padded with their last frame so far (videos shorter than the sampling window)."""
-        return 0 if self._counters is None else int(self._counters.padded.value)
-
-    @property
-    def missing_videos(self) -> int:
-        """Annotated clips absent on disk, skipped at set-up."""
-        return self._missing
-
-    @property
-    def skipped_inputs(self) -> int:
-        """Every input that never reached the model: undecodable plus missing videos."""
-        return self.skipped_videos + self.missing_videos
-
-    @property
-    def input_counts(self) -> dict[str, int]:
-        """The parts of ``skipped_inputs`` and the clips padded to the sampling window."""
-        return {"skipped_videos": self.skipped_videos, "missing_videos": self.missing_videos,
-                "padded_clips": self.padded_clips}
-
-    # --- LightningDataModule hooks -----------------------------------------------------------------------
-
-    def prepare_data(self) -> None:
-        if self.build_mini and not mini.is_complete(self.root, self.mini_seed):
-            mini.build_mini(self.root, seed=self.mini_seed)
+    def check_root(self) -> None:
         self._annotation_path("train")
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._counters is None:
-            self._counters = Counters()
-        names = self.class_names
-        if self._num_classes is not None and len(names) != self._num_classes:
-            raise ValueError(
-                f"the train annotations of {self.root} have {len(names)} classes but data.num_classes is "
-                f"{self._num_classes}; fix data.num_classes (or set it to null to infer it)"
-            )
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")):
-            if split not in self.datasets:
-                self.datasets[split] = self._build_dataset(split)
+    def read_class_names(self) -> list[str]:
+        if self.annotation_format == "csv":
+            return sorted({label for _, label in self._read_annotations("train")})
+        if self.class_names_file:
+            path = self.root / self.class_names_file
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            if not names:
+                raise ValueError(f"{path} lists no class names")
+            return names
+        count = self._num_classes
+        if count is None:
+            count = 1 + max((label for _, label in self._read_annotations("train")), default=-1)
+        return [str(i) for i in range(count)]
 
-    def teardown(self, stage: str | None = None) -> None:
-        counts = self.input_counts
-        message = f"video data after {stage}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
-        (log.warning if any(counts.values()) else log.info)(message)
+    def build_dataset(self, split: str) -> VideoClipDataset:
+        samples = self._samples(split)
+        if split == "train":
+            transform = TrainClipTransform(self.frame_size, **self.augment)
+            return VideoClipDataset(samples, self.num_frames, self.sampling_rate, transform, True, 1, self.bad_inputs)
+        clips, crops = self.views[split]
+        transform = EvalClipTransform(self.frame_size, num_crops=crops, short_side=self.eval_short_side)
+        return VideoClipDataset(samples, self.num_frames, self.sampling_rate, transform, False, clips, self.bad_inputs)
 
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        collate = ClipCollate(self._mixup_args())
-        # full batches only: mixup / cutmix pair the samples of a batch
-        return self._loader(dataset, self.batch_size, collate, shuffle=True, drop_last=len(dataset) >= self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], self.eval_batch_size, ClipCollate())
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], self.eval_batch_size, ClipCollate())
+    def collate(self, split: str) -> ClipCollate:
+        return ClipCollate(self._mixup_args() if split == "train" else None)
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -440,20 +369,6 @@ class VideoDataModule(L.LightningDataModule):
         if not path.is_file():
             raise FileNotFoundError(DATASET_HELP.format(missing=self.root if not self.root.exists() else path))
         return path
-
-    def _read_class_names(self) -> list[str]:
-        if self.annotation_format == "csv":
-            return sorted({label for _, label in self._read_annotations("train")})
-        if self.class_names_file:
-            path = self.root / self.class_names_file
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            if not names:
-                raise ValueError(f"{path} lists no class names")
-            return names
-        count = self._num_classes
-        if count is None:
-            count = 1 + max((label for _, label in self._read_annotations("train")), default=-1)
-        return [str(i) for i in range(count)]
 
     def _read_annotations(self, split: str) -> list[tuple[Path, Any]]:
         path = self._annotation_path(split)
@@ -482,7 +397,7 @@ class VideoDataModule(L.LightningDataModule):
         present = [(path, label) for path, label in labelled if path.is_file()]
         missing = [path for path, _ in labelled if not path.is_file()]
         if missing:
-            self._missing += len(missing)
+            self.bad_inputs.add("missing_videos", len(missing))
             shown = ", ".join(str(p) for p in missing[:3])
             warnings.warn(
                 f"{len(missing)} of {len(labelled)} clips listed in {self.annotations[split]} are missing on disk "
@@ -494,24 +409,3 @@ class VideoDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"none of the {len(labelled)} clips of {self.annotations[split]} exist under "
                                     f"{self.root / self.clip_dirs[split]}")
         return present
-
-    def _build_dataset(self, split: str) -> VideoClipDataset:
-        samples = self._samples(split)
-        if split == "train":
-            transform = TrainClipTransform(self.frame_size, **self.augment)
-            return VideoClipDataset(samples, self.num_frames, self.sampling_rate, transform, True, 1, self._counters)
-        clips, crops = self.views[split]
-        transform = EvalClipTransform(self.frame_size, num_crops=crops, short_side=self.eval_short_side)
-        return VideoClipDataset(samples, self.num_frames, self.sampling_rate, transform, False, clips, self._counters)
-
-    def _loader(self, dataset, batch_size: int, collate, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=collate,
-        )
