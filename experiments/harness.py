@@ -59,14 +59,14 @@ def check_config(cfg: DictConfig) -> None:
     modality = cfg.modality.get("name") if cfg.get("modality") else None
     if not modality:
         raise ConfigError(f"choose a modality: modality=<one of {', '.join(group_options('modality'))}>")
-    for group, key in (("data", "_target_"), ("adapter", "class_path")):
+    for group in ("data", "adapter"):
         node = cfg.get(group)
-        if node is None or key not in node:
-            raise ConfigError(f"modality={modality} selected no {group} config ({group}/<name>.yaml with '{key}')")
-        target = str(node[key])
+        if node is None or "_target_" not in node:
+            raise ConfigError(f"modality={modality} selected no {group} config ({group}/<name>.yaml with '_target_')")
+        target = str(node["_target_"])
         if not target.startswith(f"modalities.{modality}."):
             owner = target.split(".")[1] if target.startswith("modalities.") else target
-            valid = ", ".join(_options_for_modality(group, key, modality)) or "none yet"
+            valid = ", ".join(_options_for_modality(group, "_target_", modality)) or "none yet"
             raise ConfigError(
                 f"{group} config '{_choice(group)}' ({target}) belongs to modality '{owner}', but modality={modality}; "
                 f"{group} options for {modality}: {valid}"
@@ -135,7 +135,8 @@ def build_task(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightnin
             if not hasattr(datamodule, key):
                 raise ConfigError(f"task.{key} is ??? but {type(datamodule).__name__} has no attribute {key!r}")
             from_data[key] = getattr(datamodule, key)
-    return instantiate(cfg.task, _convert_="all", **from_data)
+    # not recursive: the adapter / model / metric specs reach the task as plain `_target_` dicts it stores
+    return instantiate(cfg.task, _convert_="all", _recursive_=False, **from_data)
 
 
 def instantiate_group(node: DictConfig | None) -> list:
@@ -176,14 +177,11 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-@torch.no_grad()
-def _max_logit_diff(before: torch.nn.Module, after: torch.nn.Module, datamodule) -> float | None:
-    """Largest |logit difference| of the two models on the first test batch (deploy equivalence check)."""
+def _max_logit_diff(trained: torch.nn.Module, task, datamodule) -> float | None:
+    """The deploy equivalence check on the first non-empty test batch (``Task.deploy_difference``)."""
     for inputs, target in datamodule.test_dataloader():
         if len(target):
-            device = next(after.parameters()).device
-            inputs = inputs.to(device)
-            return float((before(inputs) - after(inputs)).abs().max())
+            return task.deploy_difference(trained, inputs.to(next(task.parameters()).device))
     return None
 
 
@@ -208,7 +206,7 @@ def test_and_deploy(trainer: L.Trainer, task, datamodule, run_dir: Path, deploy:
     if trainer.is_global_zero:
         path = run_dir / "checkpoints" / "deploy.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
+        task.save_deploy(path)
         out["deploy_weights"] = str(path)
     return out
 

@@ -34,7 +34,7 @@ def test_modality_alone_selects_matching_pieces(modality):
     check_config(cfg)
     assert cfg.modality.name == modality
     assert cfg.data._target_.startswith(f"modalities.{modality}.")
-    assert cfg.adapter.class_path.startswith(f"modalities.{modality}.")
+    assert cfg.adapter._target_.startswith(f"modalities.{modality}.")
     assert cfg.backbone.name in core.list_backbones()
     assert cfg.task._target_.startswith("core.tasks.")
 
@@ -127,7 +127,7 @@ def test_data_and_adapter_of_every_other_modality_are_rejected():
         cfg = compose_config([f"modality={modality}", f"data={data}"])
         with pytest.raises(ConfigError, match=f"data config '{data}' .* belongs to modality '{owner}', but modality={modality}"):
             check_config(cfg)
-        adapter = _options_for_modality("adapter", "class_path", owner)[0]
+        adapter = _options_for_modality("adapter", "_target_", owner)[0]
         cfg = compose_config([f"modality={modality}", f"adapter={adapter}"])
         with pytest.raises(ConfigError, match=f"belongs to modality '{owner}', but modality={modality}"):
             check_config(cfg)

@@ -14,10 +14,9 @@ from modalities.pointcloud import build_mini
 from tests.conftest import FAST
 
 PROJECTOR = {
-    "class_path": "modalities.pointcloud.adapter.ThreeViewProjector",
-    "init_args": {"resolution": 16, "feature_dim": 4},
+    "_target_": "modalities.pointcloud.adapter.ThreeViewProjector", "resolution": 16, "feature_dim": 4,
 }
-MACC = {"macc": {"class_path": "torchmetrics.classification.MulticlassAccuracy", "init_args": {"average": "macro"}}}
+MACC = {"macc": {"_target_": "torchmetrics.classification.MulticlassAccuracy", "average": "macro"}}
 
 
 def make_task(num_classes: int, **kwargs) -> ClassificationTask:
@@ -54,8 +53,7 @@ def test_rotation_voting_averages_the_logits_of_the_rotated_clouds():
         x = inputs[:, 0, 0]
         return torch.stack([10 * x, torch.ones_like(x)], dim=1)  # class 0 only when x > 0.1
 
-    voting = {"class_path": "modalities.pointcloud.preprocess.RotationVoting",
-              "init_args": {"num_votes": 4, "mode": "up", "up_axis": 2}}
+    voting = {"_target_": "modalities.pointcloud.preprocess.RotationVoting", "num_votes": 4, "mode": "up", "up_axis": 2}
     single = make_task(2)
     single.forward = stub
     assert run_test(single, points, labels)["test/acc"] == 0.0  # one view: class 0, wrong
@@ -75,8 +73,8 @@ def tiny_mini_root(tmp_path_factory):
 def test_modality_pointcloud_fast_dev_run_reports_oa_and_macc(make_config, tiny_mini_root, tmp_path):
     cfg = make_config(["modality=pointcloud", *FAST, f"data.root={tiny_mini_root}", "data.batch_size=8",
                        "data.num_points=128", "data.mesh_points=256"])
-    assert cfg.task.metrics.macc.init_args.average == "macro"
-    assert cfg.adapter.class_path == "modalities.pointcloud.adapter.ThreeViewProjector"
+    assert cfg.task.metrics.macc.average == "macro"
+    assert cfg.adapter._target_ == "modalities.pointcloud.adapter.ThreeViewProjector"
     record = train(cfg)
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["modality"] == "pointcloud" and on_disk["in_chans"] == 3 and on_disk["num_classes"] == 12
@@ -94,8 +92,8 @@ def test_modelnet40_preset_composes_with_the_table12_recipe(make_config):
     assert cfg.task.optimizer.name == "adamw" and cfg.task.optimizer.lr == 5e-4
     assert cfg.task.optimizer.weight_decay == 0.05 and cfg.task.label_smoothing == 0.2
     assert cfg.task.scheduler.name == "cosine" and cfg.task.scheduler.min_lr_ratio * 5e-4 == pytest.approx(1e-6)
-    assert cfg.trainer.max_epochs == 300 and cfg.adapter.init_args.resolution == 224
-    assert cfg.task.test_time_augmentation.class_path.endswith("RotationVoting")
+    assert cfg.trainer.max_epochs == 300 and cfg.adapter.resolution == 224
+    assert cfg.task.test_time_augmentation._target_.endswith("RotationVoting")
 
 
 def test_modelnet40_preset_fast_dev_run_on_mini_meshes_shrunk(make_config, tiny_mini_root):
@@ -103,8 +101,8 @@ def test_modelnet40_preset_fast_dev_run_on_mini_meshes_shrunk(make_config, tiny_
     cfg = make_config(["experiment=modelnet40_unireplknet_s", *FAST, f"data.root={tiny_mini_root}",
                        "data.num_classes=null", "data.num_points=256", "data.mesh_points=512", "data.batch_size=4",
                        "data.cache_dir=null", "data.num_workers=0", "data.persistent_workers=false",
-                       "adapter.init_args.resolution=32",
-                       "task.test_time_augmentation.init_args.num_votes=2"])
+                       "adapter.resolution=32",
+                       "task.test_time_augmentation.num_votes=2"])
     record = train(cfg)
     assert record["experiment"] == "modelnet40_unireplknet_s" and record["global_step"] == 1
     assert "test/macc" in record and "test/macc_deploy" in record
@@ -120,7 +118,7 @@ def test_modelnet40_preset_fast_dev_run_full_size(make_config, tiny_mini_root):
     cfg = make_config(["experiment=modelnet40_unireplknet_s", "debug=fast_dev_run", f"data.root={tiny_mini_root}",
                        "data.num_classes=null", "data.mesh_points=4096", "data.cache_dir=null",
                        "data.persistent_workers=false",
-                       "task.test_time_augmentation.init_args.num_votes=2"])
+                       "task.test_time_augmentation.num_votes=2"])
     record = train(cfg)
     assert record["experiment"] == "modelnet40_unireplknet_s" and record["backbone"] == "unireplknet_s"
     assert record["global_step"] == 1 and "test/macc" in record

@@ -13,7 +13,7 @@ from torch import nn
 
 from core.tasks import ClassificationTask, build_adapter, build_optimizer, lr_multiplier, param_groups, to_plain
 
-ADAPTER = {"class_path": "modalities.image.adapter.ImageAdapter", "init_args": {"in_chans": 3}}
+ADAPTER = {"_target_": "modalities.image.adapter.ImageAdapter", "in_chans": 3}
 
 
 def make_task(**kwargs) -> ClassificationTask:
@@ -123,11 +123,11 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 
 def test_adapter_spec_errors_are_explicit():
     with pytest.raises(ImportError, match="no attribute 'Nope'"):
-        build_adapter({"class_path": "modalities.image.adapter.Nope"})
-    with pytest.raises(ValueError, match="class_path"):
-        build_adapter({"init_args": {}})
+        build_adapter({"_target_": "modalities.image.adapter.Nope"})
+    with pytest.raises(ValueError, match="_target_"):
+        build_adapter({"in_chans": 3})
     with pytest.raises(TypeError, match="out_chans"):
-        build_adapter({"class_path": "torch.nn.Identity"})
+        build_adapter({"_target_": "torch.nn.Identity"})
 
 
 def test_hyper_parameters_are_plain_values():

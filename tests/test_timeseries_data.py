@@ -190,14 +190,14 @@ def test_masked_loss_and_errors_ignore_nan_targets():
 
 
 TINY_MODEL = {
-    "class_path": "modalities.timeseries.model.UniRepLKNetForecaster",
-    "init_args": {"num_nodes": 3, "d_model": 8, "n_heads": 2, "d_ff": 16},
+    "_target_": "modalities.timeseries.model.UniRepLKNetForecaster", "num_nodes": 3, "d_model": 8, "n_heads": 2,
+    "d_ff": 16,
 }
 
 
 def make_task(dm, **kwargs):
     args = dict(model=TINY_MODEL, backbone={"name": "unireplknet_test"},
-                adapter={"class_path": "modalities.timeseries.adapter.SeriesToMap"},
+                adapter={"_target_": "modalities.timeseries.adapter.SeriesToMap"},
                 data_info=dm.data_info, value_scale=dm.value_scale,
                 optimizer={"name": "adam", "lr": 1e-3, "weight_decay": 0.0})
     args.update(kwargs)
@@ -206,10 +206,10 @@ def make_task(dm, **kwargs):
 
 def test_task_refuses_nodes_that_do_not_divide_the_stations(small_mini):
     dm = GlobalWeatherDataModule(small_mini)
-    bad = {"class_path": TINY_MODEL["class_path"], "init_args": {**TINY_MODEL["init_args"], "num_nodes": 5}}
+    bad = {**TINY_MODEL, "num_nodes": 5}
     with pytest.raises(ValueError, match="num_nodes=5 does not divide the 12 stations"):
         make_task(dm, model=bad)
-    clash = {"class_path": TINY_MODEL["class_path"], "init_args": {**TINY_MODEL["init_args"], "seq_len": 12}}
+    clash = {**TINY_MODEL, "seq_len": 12}
     with pytest.raises(ValueError, match="may not set"):
         make_task(dm, model=clash)
 

@@ -24,7 +24,7 @@ def test_modality_timeseries_fast_dev_run_reports_model_and_baselines(make_confi
         ["modality=timeseries", "debug=fast_dev_run", f"data.root={small_root}", "data.build_mini=false",
          "data.batch_size=4"]
     )
-    assert cfg.task.model.init_args.num_nodes == 6 and cfg.callbacks.model_checkpoint.monitor == "val/mse"
+    assert cfg.task.model.num_nodes == 6 and cfg.callbacks.model_checkpoint.monitor == "val/mse"
     record = train(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["modality"] == "timeseries" and saved["in_chans"] == 1
@@ -37,7 +37,7 @@ def test_modality_timeseries_fast_dev_run_reports_model_and_baselines(make_confi
 
 def test_paper_preset_values(make_config):
     cfg = make_config(["experiment=global_temp_unireplknet_s"])
-    init = cfg.task.model.init_args
+    init = cfg.task.model
     assert (cfg.backbone.name, init.num_nodes, init.d_model, init.d_ff, init.moving_avg) == ("unireplknet_s", 350, 768, 2048, 25)
     assert (cfg.data.seq_len, cfg.data.label_len, cfg.data.pred_len, cfg.data.variable) == (48, 24, 24, "temp")
     assert cfg.task.optimizer.name == "adam" and cfg.task.optimizer.lr == 1e-4 and cfg.task.loss == "mse"

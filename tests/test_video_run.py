@@ -18,7 +18,7 @@ from experiments.video_single_frame_baseline import summarize, table
 from modalities.video import build_mini
 from modalities.video.adapter import VideoAdapter
 
-VIDEO_ADAPTER = {"class_path": "modalities.video.adapter.VideoAdapter", "init_args": {"layout": "grid"}}
+VIDEO_ADAPTER = {"_target_": "modalities.video.adapter.VideoAdapter", "layout": "grid"}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,15 @@ def test_task_averages_the_softmax_over_views():
 
 def test_average_views_passes_single_views_through_and_checks_counts():
     logits = torch.randn(4, 3)
-    assert average_views(logits, 4) is logits
-    with pytest.raises(ValueError, match="made 7 maps for 2 samples: not a whole number of views"):
+    assert average_views(logits, 1) is logits
+    assert average_views(logits, 2).shape == (2, 3)
+    with pytest.raises(ValueError, match="made 7 maps, not a whole number of 2 views per sample"):
         average_views(torch.randn(7, 3), 2)
+
+
+def test_the_adapter_says_how_many_views_it_made():
+    assert VideoAdapter.num_views(torch.zeros(2, 3, 4, 3, 8, 8)) == 3
+    assert VideoAdapter.num_views(torch.zeros(2, 4, 3, 8, 8)) == 1
 
 
 # --- modality=video ------------------------------------------------------------------------------------------
@@ -58,10 +64,10 @@ def test_modality_video_recipe_composes():
     cfg = compose_config(["modality=video"])
     check_config(cfg)
     assert cfg.data._target_ == "modalities.video.datamodule.VideoDataModule" and cfg.data.build_mini
-    assert cfg.adapter.class_path == "modalities.video.adapter.VideoAdapter"
-    assert cfg.adapter.init_args.layout == "grid" and cfg.data.frame_size == 32
+    assert cfg.adapter._target_ == "modalities.video.adapter.VideoAdapter"
+    assert cfg.adapter.layout == "grid" and cfg.data.frame_size == 32
     assert 8 <= cfg.data.num_frames <= 16 and cfg.data.augment.hflip == 0.0  # a flip would swap left / right
-    adapter = VideoAdapter(**cfg.adapter.init_args)
+    adapter = VideoAdapter(**{k: v for k, v in cfg.adapter.items() if k != "_target_"})
     tiled = adapter(torch.zeros(1, cfg.data.num_frames, 3, 32, 32))
     assert tiled.shape[-2] * tiled.shape[-1] == cfg.data.num_frames * 32 * 32
 
@@ -71,7 +77,7 @@ def test_modality_video_fast_dev_run(make_config, tiny_mini_root, tmp_path, sing
     overrides = ["modality=video", "debug=fast_dev_run", f"data.root={tiny_mini_root}", "data.build_mini=false",
                  "data.batch_size=4"]
     if single_frame:
-        overrides += ["data.num_frames=1", "adapter.init_args.rows=1", "adapter.init_args.cols=1"]
+        overrides += ["data.num_frames=1", "adapter.rows=1", "adapter.cols=1"]
     record = train(make_config(overrides))
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["modality"] == "video" and saved["in_chans"] == 3 and saved["num_classes"] == 10
@@ -112,7 +118,7 @@ def test_kinetics400_preset_carries_table11(make_config):
     global_batch = data.batch_size * cfg.trainer.accumulate_grad_batches
     assert task.optimizer.lr == pytest.approx(4e-3 * global_batch / 256)
     assert task.scheduler.name == "cosine" and task.scheduler.warmup_epochs == 5 and cfg.trainer.max_epochs == 90
-    adapter = VideoAdapter(**cfg.adapter.init_args)
+    adapter = VideoAdapter(**{k: v for k, v in cfg.adapter.items() if k != "_target_"})
     assert adapter(torch.zeros(1, 16, 3, 224, 224)).shape == (1, 3, 896, 896)  # Eq. 5: 16 frames of 224 -> 896
 
 

@@ -1,19 +1,26 @@
 """Lightning tasks built from plain config values (no Hydra, no modality imports).
 
-``ClassificationTask`` serves every classification modality; its adapter comes in as an import path.
+``Task`` is their shared base (optimizer and schedule, reparameterize, deploy weights); ``ClassificationTask``
+serves every classification modality, ``ForecastingTask`` the forecasting ones. Adapters, models, metrics and
+test-time augmentations come in as ``{"_target_": import path, **arguments}``.
 """
 
-from core.tasks.builders import build_adapter, import_object, to_plain
+from core.tasks.base import Task
+from core.tasks.builders import build_adapter, import_object, instantiate, to_plain
 from core.tasks.classification import ClassificationTask
+from core.tasks.forecasting import ForecastingTask
 from core.tasks.optim import build_optimizer, build_scheduler, count_parameters, lr_multiplier, param_groups
 
 __all__ = [
     "ClassificationTask",
+    "ForecastingTask",
+    "Task",
     "build_adapter",
     "build_optimizer",
     "build_scheduler",
     "count_parameters",
     "import_object",
+    "instantiate",
     "lr_multiplier",
     "param_groups",
     "to_plain",

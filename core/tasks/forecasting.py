@@ -2,8 +2,8 @@
 
 Built only from plain values, so ``ForecastingTask.load_from_checkpoint(path)`` works anywhere, without Hydra:
 
-- ``model``: ``{"class_path": "package.module.Class", "init_args": {...}}``. The class is called as
-  ``Class(adapter=<module>, backbone=<module>, **data_info, **init_args)``: the task builds the adapter (import
+- ``model``: ``{"_target_": "package.module.Class", **arguments}``. The class is called as
+  ``Class(adapter=<module>, backbone=<module>, **data_info, **arguments)``: the task builds the adapter (import
   path + arguments) and the backbone (``core.create_backbone(..., in_chans=adapter.out_chans, num_classes=0)``,
   a feature extractor) and hands them in; ``data_info`` holds the DataModule's data-dependent arguments (number
   of series, window lengths, ...). The model maps a batch's ``inputs`` to the forecast, shaped like ``target``.
@@ -16,22 +16,20 @@ Built only from plain values, so ``ForecastingTask.load_from_checkpoint(path)`` 
   loop evaluates them on the same batches and masks: ``test/mse_<name>``, ``test/mae_<name>`` (and ``_phys``),
   plus ``test/mse_best_baseline`` and ``test/mse_gain_vs_best_baseline`` = 1 - MSE / best baseline MSE.
 - Optimizers and per-step LR schedules from ``core.tasks.optim`` (the paper's "Adam, LR halved every epoch" is
-  ``optimizer={"name": "adam", "weight_decay": 0}``, ``scheduler={"name": "step", "gamma": 0.5, "start_epoch": 1}``).
+  ``optimizer={"name": "adam", "weight_decay": 0}``, ``scheduler={"name": "step", "gamma": 0.5, "start_epoch": 1}``);
+  the deploy structure: see ``core.tasks.base.Task``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from core import create_backbone, reparameterize
-from core.tasks.builders import build_adapter, import_object, to_plain
-from core.tasks.optim import build_optimizer, build_scheduler
+from core.tasks.base import Task
+from core.tasks.builders import instantiate, to_plain
 
 LOSSES = ("mse", "mae")
 
@@ -68,13 +66,13 @@ def masked_loss(forecast: Tensor, target: Tensor, kind: str = "mse") -> tuple[Te
     return per_value.sum() / observed.clamp_min(1), observed
 
 
-class ForecastingTask(L.LightningModule):
+class ForecastingTask(Task):
     """A forecaster trained and evaluated with masked errors, next to the DataModule's baselines.
 
     Args:
-        model: ``{"class_path": ..., "init_args": {...}}`` of the forecaster (see the module docstring).
+        model: ``{"_target_": ..., **arguments}`` of the forecaster (see the module docstring).
         backbone: ``{"name": <core.list_backbones() name>, **create_backbone keyword arguments}``.
-        adapter: ``{"class_path": ..., "init_args": {...}}``; its ``out_chans`` becomes the backbone's ``in_chans``.
+        adapter: ``{"_target_": ..., **arguments}``; its ``out_chans`` becomes the backbone's ``in_chans``.
         data_info: the DataModule's data-dependent model arguments (``datamodule.data_info``).
         value_scale: stored units per physical unit (``datamodule.value_scale``).
         loss: ``"mse"`` or ``"mae"``.
@@ -93,7 +91,7 @@ class ForecastingTask(L.LightningModule):
         optimizer: dict | None = None,
         scheduler: dict | None = None,
     ):
-        super().__init__()
+        super().__init__(to_plain(optimizer), to_plain(scheduler))
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
         model, backbone, adapter, data_info = to_plain(model), to_plain(backbone), to_plain(adapter), to_plain(data_info)
@@ -104,29 +102,15 @@ class ForecastingTask(L.LightningModule):
                 "value_scale": value_scale, "loss": loss, "optimizer": optimizer, "scheduler": scheduler,
             }
         )
-        if not isinstance(model, dict) or "class_path" not in model or set(model) - {"class_path", "init_args"}:
-            raise ValueError(f"model needs 'class_path' and optional 'init_args', got {model!r}")
-        reserved = {"in_chans", "num_classes"} & set(backbone)
-        if "name" not in backbone or reserved:
-            raise ValueError(f"backbone needs 'name' and may not set {sorted(reserved)} (the task sets them)")
-        init_args = dict(model.get("init_args") or {})
-        clash = sorted(set(init_args) & (set(data_info) | {"adapter", "backbone"}))
+        if not isinstance(model, dict) or "_target_" not in model:
+            raise ValueError(f"model needs '_target_' (the forecaster's import path) and its arguments, got {model!r}")
+        clash = sorted(set(model) & (set(data_info) | {"adapter", "backbone"}))
         if clash:
-            raise ValueError(f"model init_args may not set {clash}: they come from the data / the task")
-
-        adapter_module = build_adapter(adapter)
-        backbone_kwargs = {key: value for key, value in backbone.items() if key != "name"}
-        backbone_module = create_backbone(
-            backbone["name"], in_chans=adapter_module.out_chans, num_classes=0, **backbone_kwargs
-        )
-        self.model = import_object(model["class_path"])(
-            adapter=adapter_module, backbone=backbone_module, **data_info, **init_args
-        )
+            raise ValueError(f"the model config may not set {clash}: they come from the data / the task")
+        adapter_module, backbone_module = self.build_adapter_and_backbone(adapter, backbone, num_classes=0)
+        self.model = instantiate(model, adapter=adapter_module, backbone=backbone_module, **data_info)
         self.value_scale = float(value_scale)
         self.loss_name = loss
-        self.optimizer_args = dict(optimizer or {})
-        self.scheduler_args = dict(scheduler) if scheduler else None
-        self.deployed = False
         self.val_errors = ForecastErrors()
         self.test_errors = ForecastErrors()
         self._baselines: dict[str, nn.Module] = {}
@@ -145,23 +129,6 @@ class ForecastingTask(L.LightningModule):
     def forward(self, inputs: Tensor) -> Tensor:
         """A batch's inputs -> the forecast (shaped like the target)."""
         return self.model(inputs)
-
-    def reparameterize(self) -> "ForecastingTask":
-        """Switch the backbone to its deploy structure (in place, idempotent); call in eval mode.
-
-        Afterwards every test metric is logged as ``test/<name>_deploy``.
-        """
-        reparameterize(self)
-        self.deployed = True
-        return self
-
-    @classmethod
-    def load_deploy(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ForecastingTask":
-        """Rebuild a task from deploy weights saved by the harness (``{"hyper_parameters", "state_dict"}``)."""
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-        task = cls(**payload["hyper_parameters"]).eval().reparameterize()
-        task.load_state_dict(payload["state_dict"])
-        return task
 
     # --- steps ---------------------------------------------------------------------------------------------
 
@@ -231,22 +198,3 @@ class ForecastingTask(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(inputs)
-
-    # --- optimization --------------------------------------------------------------------------------------
-
-    def _steps_per_epoch(self) -> tuple[int, int]:
-        trainer = self.trainer
-        total = int(trainer.estimated_stepping_batches)  # also makes num_training_batches known
-        batches = trainer.num_training_batches
-        if not math.isfinite(batches):
-            return max(1, total), max(1, total)
-        per_epoch = max(1, math.ceil(batches / max(1, trainer.accumulate_grad_batches)))
-        return per_epoch, max(1, total)
-
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self, **self.optimizer_args)
-        if not self.scheduler_args:
-            return optimizer
-        steps_per_epoch, total_steps = self._steps_per_epoch()
-        scheduler = build_scheduler(optimizer, steps_per_epoch, total_steps, **self.scheduler_args)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -4,8 +4,8 @@ The frames are laid out as one image by ``preprocess.tile_frames`` (``grid`` mos
 ``raw_reshape``, the public code's memory reshape); the adapter has no parameters.
 
 Multi-view evaluation: a B x V x N_F x 3 x h x w batch (V clips x crops of every video) becomes B*V maps,
-sample-major (the V views of sample 0 first). The classification task sees V maps per input sample and averages
-the softmax over them.
+sample-major (the V views of sample 0 first); ``num_views`` tells the classification task V, and the task averages
+the softmax over the views.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ class VideoAdapter(nn.Module):
         self.layout = layout
         self.rows = rows
         self.cols = cols
+
+    @staticmethod
+    def num_views(clips: Tensor) -> int:
+        """V, the maps made of every sample: the views of a B x V x N_F x 3 x h x w batch, else 1."""
+        return clips.shape[1] if clips.dim() == 6 else 1
 
     def forward(self, clips: Tensor) -> Tensor:
         if clips.dim() == 6:  # B x V x N_F x 3 x h x w: fold the views into the batch, sample-major
