@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from modalities.audio import SpeechCommandsDataModule, build_mini, fbank_features
+from modalities.audio import AudioDataModule, build_mini, fbank_features
 from modalities.audio.datamodule import BadAudioFileWarning, load_clip
 from modalities.audio.mini import MINI_ROOT
 
@@ -41,7 +41,7 @@ def speaker(path: str) -> str:
 
 
 def test_classes_splits_and_metadata(mini_root):
-    dm = SpeechCommandsDataModule(root=mini_root, batch_size=4)
+    dm = AudioDataModule(root=mini_root, batch_size=4)
     assert dm.class_names == ["no", "up", "yes"] and dm.num_classes == 3 and dm.in_chans == 1
     dm.setup()
     sizes = {split: len(files) for split, files in dm.split_files.items()}
@@ -60,18 +60,18 @@ def test_classes_splits_and_metadata(mini_root):
 
 
 def test_class_subset(mini_root):
-    dm = SpeechCommandsDataModule(root=mini_root, classes=["yes", "up"])
+    dm = AudioDataModule(root=mini_root, classes=["yes", "up"])
     assert dm.class_names == ["yes", "up"] and dm.num_classes == 2
     dm.setup("fit")
     assert {Path(f).parent.name for f, _ in dm.split_files["train"]} == {"yes", "up"}
     x, y = dm.dataset("val")[0]
     assert y.shape == (2,)
     with pytest.raises(ValueError, match="missing: \\['stop'\\]"):
-        SpeechCommandsDataModule(root=mini_root, classes=["yes", "stop"]).class_names
+        AudioDataModule(root=mini_root, classes=["yes", "stop"]).class_names
 
 
 def test_batches_have_the_contract_shapes(mini_root):
-    dm = SpeechCommandsDataModule(root=mini_root, batch_size=5, num_workers=0)
+    dm = AudioDataModule(root=mini_root, batch_size=5, num_workers=0)
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (5, 128, 128) and x.dtype == torch.float32
@@ -82,13 +82,13 @@ def test_batches_have_the_contract_shapes(mini_root):
 
 
 def test_workers_are_persistent_and_produce_the_same_items(mini_root):
-    dm = SpeechCommandsDataModule(root=mini_root, batch_size=6, num_workers=2)
+    dm = AudioDataModule(root=mini_root, batch_size=6, num_workers=2)
     dm.setup("validate")
     loader = dm.val_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers
     batches = list(loader)
     x, y = batches[0]
-    plain = SpeechCommandsDataModule(root=mini_root, batch_size=6)
+    plain = AudioDataModule(root=mini_root, batch_size=6)
     plain.setup("validate")
     x0, y0 = next(iter(plain.val_dataloader()))
     torch.testing.assert_close(x, x0)
@@ -101,7 +101,7 @@ def test_workers_are_persistent_and_produce_the_same_items(mini_root):
 
 def test_augmentation_is_train_only(mini_root):
     torch.manual_seed(0)
-    dm = SpeechCommandsDataModule(root=mini_root, mixup=0.6)  # paper-scale augmentation otherwise
+    dm = AudioDataModule(root=mini_root, mixup=0.6)  # paper-scale augmentation otherwise
     dm.setup()
     val = dm.dataset("val")
     path, label = dm.split_files["val"][3]
@@ -118,13 +118,13 @@ def test_augmentation_is_train_only(mini_root):
     assert all((d - plain).abs().mean() > 0.01 for d in draws)
     assert not torch.equal(draws[0], draws[1])
     # With every augmentation switched off, a training item is the plain features too.
-    quiet = SpeechCommandsDataModule(root=mini_root, **NO_AUGMENT)
+    quiet = AudioDataModule(root=mini_root, **NO_AUGMENT)
     torch.testing.assert_close(quiet.dataset("train")[2][0], plain, rtol=0, atol=0)
 
 
 def test_mixup_soft_labels(mini_root):
     torch.manual_seed(1)
-    dm = SpeechCommandsDataModule(root=mini_root, batch_size=24, **{**NO_AUGMENT, "mixup": 1.0})
+    dm = AudioDataModule(root=mini_root, batch_size=24, **{**NO_AUGMENT, "mixup": 1.0})
     dm.setup("fit")
     _, y = next(iter(dm.train_dataloader()))
     torch.testing.assert_close(y.sum(1), torch.ones(len(y)))
@@ -149,7 +149,7 @@ def test_bad_inputs_are_skipped_or_handled(copied_root):
     long_stereo = np.stack([np.concatenate([quarter, at_44k, quarter])] * 2, axis=1)  # (N, 2)
     sf.write(str(base / "up" / "stereo441_nohash_0.wav"), long_stereo, 44100)
 
-    dm = SpeechCommandsDataModule(root=copied_root, **NO_AUGMENT)
+    dm = AudioDataModule(root=copied_root, **NO_AUGMENT)
     with pytest.warns(BadAudioFileWarning) as record:
         dm.setup()
     messages = " ".join(str(w.message) for w in record)
@@ -171,7 +171,7 @@ def test_bad_inputs_are_skipped_or_handled(copied_root):
     assert short_x.shape == (128, 128)
 
     # The whole epoch runs.
-    loader = SpeechCommandsDataModule(root=copied_root, batch_size=8, **NO_AUGMENT)
+    loader = AudioDataModule(root=copied_root, batch_size=8, **NO_AUGMENT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadAudioFileWarning)
         loader.setup("fit")
@@ -179,7 +179,7 @@ def test_bad_inputs_are_skipped_or_handled(copied_root):
 
 
 def test_file_broken_after_setup_is_named_dropped_and_counted(copied_root):
-    dm = SpeechCommandsDataModule(root=copied_root, batch_size=4)
+    dm = AudioDataModule(root=copied_root, batch_size=4)
     dm.setup("validate")
     val = dm.dataset("val")
     Path(val.files[3]).write_text("garbage")
@@ -196,7 +196,7 @@ def test_file_broken_after_setup_is_named_dropped_and_counted(copied_root):
 
 def test_wrong_layout_fails_fast_with_the_expected_layout(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        SpeechCommandsDataModule(root=tmp_path / "nowhere").setup()
+        AudioDataModule(root=tmp_path / "nowhere").setup()
     message = str(err.value)
     needles = ["speech_commands_v0.02", "<word>/<speaker>_nohash_<n>.wav", "validation_list.txt"]
     needles += ["SPEECHCOMMANDS(root, download=True)", "speech_commands_v0.02.tar.gz"]
@@ -205,24 +205,24 @@ def test_wrong_layout_fails_fast_with_the_expected_layout(tmp_path):
     words_only = base_of(tmp_path / "nolists") / "yes"
     words_only.mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="lacks validation_list.txt, testing_list.txt"):
-        SpeechCommandsDataModule(root=tmp_path / "nolists").num_classes
+        AudioDataModule(root=tmp_path / "nolists").num_classes
 
 
 def test_constructor_takes_plain_values_and_mini_root_logic(mini_root):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"root": str(mini_root), "classes": ["no", "yes"], "background_snr_db": [0, 10]})
-    dm = SpeechCommandsDataModule(**cfg)
+    dm = AudioDataModule(**cfg)
     assert dm.class_names == ["no", "yes"] and dm.augment_kwargs["background_snr_db"] == (0.0, 10.0)
     assert dm.batch_size == 32
-    assert SpeechCommandsDataModule().build_mini and SpeechCommandsDataModule().root == MINI_ROOT
-    assert not SpeechCommandsDataModule(root=mini_root).build_mini
-    assert SpeechCommandsDataModule(root=mini_root, build_mini=True).build_mini
+    assert AudioDataModule().build_mini and AudioDataModule().root == MINI_ROOT
+    assert not AudioDataModule(root=mini_root).build_mini
+    assert AudioDataModule(root=mini_root, build_mini=True).build_mini
 
 
 def test_background_noise_mixing(mini_root):
     torch.manual_seed(0)
-    dm = SpeechCommandsDataModule(root=mini_root, **NO_AUGMENT, background_noise_prob=1.0)
+    dm = AudioDataModule(root=mini_root, **NO_AUGMENT, background_noise_prob=1.0)
     train = dm.dataset("train")
     assert len(train.background_noises) == 5
     plain = fbank_features(load_clip(train.files[0]), 16000)
@@ -231,7 +231,7 @@ def test_background_noise_mixing(mini_root):
 
 @pytest.mark.slow
 def test_prepare_data_builds_the_default_mini(tmp_path):
-    dm = SpeechCommandsDataModule(root=tmp_path, build_mini=True)
+    dm = AudioDataModule(root=tmp_path, build_mini=True)
     dm.prepare_data()
     assert dm.num_classes == 10
     dm.setup()

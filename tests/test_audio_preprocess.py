@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio
 
-from modalities.audio import SpectrogramAdapter, fbank_features
+from modalities.audio import AudioAdapter, fbank_features
 from modalities.audio.preprocess import (
     NORM_MEAN,
     NORM_STD,
@@ -130,7 +130,7 @@ def test_spec_augment_masks_and_roll():
 
 
 def test_spectrogram_adapter():
-    adapter = SpectrogramAdapter()
+    adapter = AudioAdapter()
     assert adapter.out_chans == 1
     x = torch.randn(2, 128, 128)
     assert adapter(x).shape == (2, 1, 128, 128)

@@ -113,7 +113,7 @@ def test_unknown_backbone_lists_the_choices():
 
 def test_data_of_another_modality_is_an_error_not_a_mix():
     cfg = compose_config(["modality=image"])
-    cfg.data._target_ = "modalities.audio.datamodule.SpeechCommandsDataModule"
+    cfg.data._target_ = "modalities.audio.datamodule.AudioDataModule"
     with pytest.raises(ConfigError, match="belongs to modality 'audio', but modality=image; .*image_mini"):
         check_config(cfg)
 

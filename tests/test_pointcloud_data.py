@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.pointcloud import ModelNet40DataModule, build_mini
+from modalities.pointcloud import PointCloudDataModule, build_mini
 from modalities.pointcloud import mini as mini_module
 from modalities.pointcloud.datamodule import (
     PointCloudUnusable,
@@ -111,7 +111,7 @@ def test_mini_instances_vary_in_scale_and_orientation(tiny_mini):
 
 
 def test_off_datamodule_batches_labels_and_cache(tiny_mini):
-    dm = ModelNet40DataModule(tiny_mini, num_points=128, mesh_points=512, batch_size=6, num_workers=0,
+    dm = PointCloudDataModule(tiny_mini, num_points=128, mesh_points=512, batch_size=6, num_workers=0,
                               augment={"rotation": "so3"})
     dm.prepare_data()
     dm.setup("fit")
@@ -145,7 +145,7 @@ def test_merged_off_header_is_read(tmp_path):
 
 
 def test_validation_hold_out_is_stratified_and_deterministic(tiny_mini):
-    dm = ModelNet40DataModule(tiny_mini, num_points=64, mesh_points=256, num_workers=0, val_fraction=0.34)
+    dm = PointCloudDataModule(tiny_mini, num_points=64, mesh_points=256, num_workers=0, val_fraction=0.34)
     dm.setup("fit")
     val_labels = sorted(label for _, label in dm.datasets["val"].samples)
     assert val_labels == list(range(12))  # one of three per class
@@ -164,7 +164,7 @@ def test_resampled_format(tmp_path):
                            train=["airplane_0001", "airplane_0002", "night_stand_0001", "night_stand_0002"],
                            test=["airplane_0003", "night_stand_0003"])
     assert detect_format(root) == "resampled"
-    dm = ModelNet40DataModule(root, num_points=64, sampling="random", batch_size=4, num_workers=0)
+    dm = PointCloudDataModule(root, num_points=64, sampling="random", batch_size=4, num_workers=0)
     dm.prepare_data()
     dm.setup()
     assert dm.class_names == ["airplane", "night_stand"] and dm.num_classes == 2
@@ -183,16 +183,16 @@ def test_resampled_format(tmp_path):
 
 def test_missing_dataset_explains_both_layouts(tmp_path):
     with pytest.raises(FileNotFoundError, match="modelnet40_normal_resampled") as error:
-        ModelNet40DataModule(tmp_path / "nowhere").prepare_data()
+        PointCloudDataModule(tmp_path / "nowhere").prepare_data()
     assert "<root>/<class>/train/<class>_<nnnn>.off" in str(error.value)
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "modelnet40_shape_names.txt").write_text("airplane\n")
     with pytest.raises(FileNotFoundError, match="modelnet40_train.txt"):
-        ModelNet40DataModule(tmp_path / "partial").prepare_data()
+        PointCloudDataModule(tmp_path / "partial").prepare_data()
 
 
 def test_wrong_num_classes_is_reported(tiny_mini):
-    dm = ModelNet40DataModule(tiny_mini, num_classes=40, num_workers=0)
+    dm = PointCloudDataModule(tiny_mini, num_classes=40, num_workers=0)
     with pytest.raises(ValueError, match="has 12 classes but data.num_classes is 40"):
         dm.setup("fit")
 
@@ -210,7 +210,7 @@ def test_bad_meshes_are_skipped_with_a_named_warning_and_counted(tiny_mini, tmp_
     (root / "broken" / "train" / "broken_0001.off").write_text("this is not a mesh\n")
     (root / "broken" / "train" / "broken_0002.off").write_text("OFF\n3 0 0\n0 0 0\n1 0 0\n0 1 0\n")  # no faces
     (root / "broken" / "test" / "broken_0003.off").write_bytes(b"\x00\xff" * 10)
-    dm = ModelNet40DataModule(root, num_points=32, mesh_points=64, batch_size=4, num_workers=0, cache=False)
+    dm = PointCloudDataModule(root, num_points=32, mesh_points=64, batch_size=4, num_workers=0, cache=False)
     dm.setup("fit")
     with pytest.warns(SkippedPointCloudWarning) as caught:
         batches = list(dm.train_dataloader())
@@ -234,7 +234,7 @@ def test_bad_clouds_are_repaired_or_skipped(tmp_path):
     root = write_resampled(tmp_path / "resampled", clouds, train=list(clouds), test=["cup_0001"])
     (root / "cup" / "cup_0006.txt").write_text("1,2\n3,4\n")  # two columns
     (root / "modelnet40_train.txt").write_text("\n".join([*clouds, "cup_0006", "cup_0007"]) + "\n")  # 0007: missing
-    dm = ModelNet40DataModule(root, num_points=64, batch_size=8, num_workers=0, augment={"rotation": "up"})
+    dm = PointCloudDataModule(root, num_points=64, batch_size=8, num_workers=0, augment={"rotation": "up"})
     dm.setup("fit")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -253,7 +253,7 @@ def test_bad_clouds_are_repaired_or_skipped(tmp_path):
 
 def test_a_batch_of_only_bad_files_is_empty_not_an_error(tmp_path):
     root = write_resampled(tmp_path / "r", {"cup_0001": np.ones((10, 3), np.float32)}, ["cup_0001"], ["cup_0001"])
-    dm = ModelNet40DataModule(root, num_points=8, batch_size=2, num_workers=0)
+    dm = PointCloudDataModule(root, num_points=8, batch_size=2, num_workers=0)
     dm.setup("test")
     with pytest.warns(SkippedPointCloudWarning, match="all points are identical"):
         points, labels = next(iter(dm.test_dataloader()))
@@ -264,7 +264,7 @@ def test_unwritable_cache_falls_back_to_reading_without_it(tmp_path):
     root = write_resampled(tmp_path / "r", {"cup_0001": sphere_points(50, 0)}, ["cup_0001"], ["cup_0001"])
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the cache folder should go")
-    dm = ModelNet40DataModule(root, num_points=16, num_workers=0, cache_dir=blocker)
+    dm = PointCloudDataModule(root, num_points=16, num_workers=0, cache_dir=blocker)
     dm.setup("test")
     with pytest.warns(RuntimeWarning, match="point-cloud cache disabled"):
         points, label = dm.datasets["test"][0]

@@ -1,11 +1,11 @@
-"""Tests of the point-cloud adapter (ThreeViewProjector, paper Eq. 4) and the point-cloud preprocessing."""
+"""Tests of the point-cloud adapter (PointCloudAdapter, paper Eq. 4) and the point-cloud preprocessing."""
 
 import math
 
 import pytest
 import torch
 
-from modalities.pointcloud import PointCloudAugment, RotationVoting, ThreeViewProjector
+from modalities.pointcloud import PointCloudAugment, RotationVoting, PointCloudAdapter
 from modalities.pointcloud.adapter import VIEWS, pixel_indices
 from modalities.pointcloud.preprocess import (
     drop_non_finite,
@@ -27,7 +27,7 @@ def cloud(batch: int = 2, points: int = 256, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("resolution, splat, reduce", [(32, 1, "max"), (24, 3, "sum"), (16, 2, "mean")])
 def test_projector_output_shape_and_out_chans(resolution, splat, reduce):
-    projector = ThreeViewProjector(resolution=resolution, feature_dim=8, splat_size=splat, reduce=reduce)
+    projector = PointCloudAdapter(resolution=resolution, feature_dim=8, splat_size=splat, reduce=reduce)
     out = projector(cloud())
     assert projector.out_chans == 3
     assert out.shape == (2, 3, resolution, resolution) and out.dtype == torch.float32
@@ -36,7 +36,7 @@ def test_projector_output_shape_and_out_chans(resolution, splat, reduce):
 
 @pytest.mark.parametrize("reduce", ["max", "sum", "mean"])
 def test_projector_ignores_point_order(reduce):
-    projector = ThreeViewProjector(resolution=32, feature_dim=8, splat_size=2, reduce=reduce).eval()
+    projector = PointCloudAdapter(resolution=32, feature_dim=8, splat_size=2, reduce=reduce).eval()
     points = cloud(points=300)
     shuffled = points[:, torch.randperm(300, generator=torch.Generator().manual_seed(1))]
     with torch.no_grad():
@@ -45,13 +45,13 @@ def test_projector_ignores_point_order(reduce):
 
 
 def test_projector_train_mode_batch_statistics_also_ignore_point_order():
-    projector = ThreeViewProjector(resolution=16, feature_dim=4).train()
+    projector = PointCloudAdapter(resolution=16, feature_dim=4).train()
     points = cloud(points=128)
     torch.testing.assert_close(projector(points.flip(1)), projector(points), rtol=0, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter_and_the_points():
-    projector = ThreeViewProjector(resolution=16, feature_dim=4, splat_size=2)
+    projector = PointCloudAdapter(resolution=16, feature_dim=4, splat_size=2)
     points = cloud(points=64).requires_grad_(True)
     projector(points).square().mean().backward()
     for name, param in projector.named_parameters():
@@ -61,7 +61,7 @@ def test_gradients_reach_every_parameter_and_the_points():
 
 def test_single_point_lands_on_the_expected_pixel_in_each_view():
     resolution = 10
-    projector = ThreeViewProjector(resolution=resolution, feature_dim=2, normalize=False)
+    projector = PointCloudAdapter(resolution=resolution, feature_dim=2, normalize=False)
     point = torch.tensor([[[0.5, -0.5, 0.25]]])  # x, y, z
     # pixel floor((c + 1) / 2 * R): x -> 7, y -> 2, z -> 6
     expected = {  # view: (row, col)
@@ -80,7 +80,7 @@ def test_single_point_lands_on_the_expected_pixel_in_each_view():
 
 
 def test_splat_covers_a_square_and_is_cut_at_the_border():
-    projector = ThreeViewProjector(resolution=8, feature_dim=1, splat_size=3, normalize=False)
+    projector = PointCloudAdapter(resolution=8, feature_dim=1, splat_size=3, normalize=False)
     corner = torch.tensor([[[-1.0, -1.0, -1.0]]])  # pixel (0, 0) in every view
     centre = torch.tensor([[[0.0, 0.0, 0.0]]])     # pixel (4, 4)
     ones = torch.ones(1, 1, 1)
@@ -93,14 +93,14 @@ def test_max_keeps_the_largest_feature_and_sum_adds():
     points = torch.tensor([[[0.1, 0.1, 0.1], [0.11, 0.11, 0.9]]])  # same XY pixel, different depth
     features = torch.tensor([[[2.0, -1.0]]])
     for reduce, value in (("max", 2.0), ("sum", 1.0), ("mean", 0.5)):
-        projector = ThreeViewProjector(resolution=8, feature_dim=1, reduce=reduce, normalize=False)
+        projector = PointCloudAdapter(resolution=8, feature_dim=1, reduce=reduce, normalize=False)
         xy = projector.project(points, features)[0, 0, 0]
         row, col = pixel_indices(points[0, 0], 8)[[1, 0]].tolist()
         assert xy[row, col] == value, reduce
 
 
 def test_projector_normalizes_scale_and_position():
-    projector = ThreeViewProjector(resolution=16, feature_dim=4).eval()
+    projector = PointCloudAdapter(resolution=16, feature_dim=4).eval()
     points = cloud(points=100)
     with torch.no_grad():
         torch.testing.assert_close(projector(points * 7.0 + 3.0), projector(points), rtol=0, atol=1e-5)
@@ -108,17 +108,17 @@ def test_projector_normalizes_scale_and_position():
 
 def test_projector_rejects_bad_shapes_and_options():
     with pytest.raises(ValueError, match="B x P x 3"):
-        ThreeViewProjector(resolution=8)(torch.zeros(2, 10, 4))
+        PointCloudAdapter(resolution=8)(torch.zeros(2, 10, 4))
     with pytest.raises(ValueError, match="unknown reduce 'median'"):
-        ThreeViewProjector(reduce="median")
+        PointCloudAdapter(reduce="median")
     with pytest.raises(ValueError, match="refine_kernel must be 0 or odd"):
-        ThreeViewProjector(refine_kernel=2)
+        PointCloudAdapter(refine_kernel=2)
 
 
 def test_projector_feeds_the_backbone():
     from core import create_backbone
 
-    projector = ThreeViewProjector(resolution=32, feature_dim=4)
+    projector = PointCloudAdapter(resolution=32, feature_dim=4)
     backbone = create_backbone("unireplknet_test", in_chans=projector.out_chans, num_classes=5)
     assert backbone(projector(cloud())).shape == (2, 5)
 

@@ -14,7 +14,7 @@ from modalities.pointcloud import build_mini
 from tests.conftest import FAST
 
 PROJECTOR = {
-    "_target_": "modalities.pointcloud.adapter.ThreeViewProjector", "resolution": 16, "feature_dim": 4,
+    "_target_": "modalities.pointcloud.adapter.PointCloudAdapter", "resolution": 16, "feature_dim": 4,
 }
 MACC = {"macc": {"_target_": "torchmetrics.classification.MulticlassAccuracy", "average": "macro"}}
 
@@ -74,7 +74,7 @@ def test_modality_pointcloud_fast_dev_run_reports_oa_and_macc(make_config, tiny_
     cfg = make_config(["modality=pointcloud", *FAST, f"data.root={tiny_mini_root}", "data.batch_size=8",
                        "data.num_points=128", "data.mesh_points=256"])
     assert cfg.task.metrics.macc.average == "macro"
-    assert cfg.adapter._target_ == "modalities.pointcloud.adapter.ThreeViewProjector"
+    assert cfg.adapter._target_ == "modalities.pointcloud.adapter.PointCloudAdapter"
     record = train(cfg)
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["modality"] == "pointcloud" and on_disk["in_chans"] == 3 and on_disk["num_classes"] == 12

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.tasks.forecasting import ForecastErrors, ForecastingTask, masked_loss
-from modalities.timeseries import GlobalWeatherDataModule, WideTableDataModule, build_mini
+from modalities.timeseries import TimeSeriesDataModule, WideTableDataModule, build_mini
 from modalities.timeseries.datamodule import MissingValuesWarning
 from modalities.timeseries.mini import MANIFEST, expected_files
 
@@ -69,7 +69,7 @@ def test_mini_default_recipe_size(tmp_path):
 
 
 def test_npy_datamodule_batches_counts_and_info(small_mini):
-    dm = GlobalWeatherDataModule(small_mini, batch_size=4, seq_len=48, label_len=24, pred_len=24)
+    dm = TimeSeriesDataModule(small_mini, batch_size=4, seq_len=48, label_len=24, pred_len=24)
     info = dm.data_info  # known before setup (the task is built before setup)
     assert info["num_series"] == 12 and info["seq_len"] == 48 and len(info["series_coords"]) == 12
     assert dm.in_chans == 1 and dm.value_scale == 10.0
@@ -92,21 +92,21 @@ def test_npy_datamodule_refuses_mismatched_files(small_mini, tmp_path):
         (tmp_path / name).write_bytes((small_mini / name).read_bytes())
     stamps = np.load(tmp_path / "data_time_val.npy")
     np.save(tmp_path / "data_time_val.npy", stamps[:-3])
-    dm = GlobalWeatherDataModule(tmp_path, build_mini=False)
+    dm = TimeSeriesDataModule(tmp_path, build_mini=False)
     with pytest.raises(ValueError, match=r"temp_global_hourly_val.npy has \d+ time steps but data_time_val.npy has"):
         dm.setup()
     np.save(tmp_path / "data_time_val.npy", stamps)
     test = np.load(tmp_path / "temp_global_hourly_test.npy")
     np.save(tmp_path / "temp_global_hourly_test.npy", test[:, :10])
     with pytest.raises(ValueError, match=r"station counts disagree: stations_sorted.npy lists 12 stations, the temp files have .*'test': 10"):
-        GlobalWeatherDataModule(tmp_path, build_mini=False).setup()
+        TimeSeriesDataModule(tmp_path, build_mini=False).setup()
 
 
 def test_npy_datamodule_missing_files_and_bad_variable(tmp_path):
     with pytest.raises(FileNotFoundError, match="lacks .*stations_sorted.npy"):
-        GlobalWeatherDataModule(tmp_path, build_mini=False).prepare_data()
+        TimeSeriesDataModule(tmp_path, build_mini=False).prepare_data()
     with pytest.raises(ValueError, match="unknown variable 'rain'"):
-        GlobalWeatherDataModule(tmp_path, variable="rain")
+        TimeSeriesDataModule(tmp_path, variable="rain")
 
 
 def test_npy_datamodule_refuses_pickled_timestamps_unless_allowed(small_mini, tmp_path):
@@ -115,10 +115,10 @@ def test_npy_datamodule_refuses_pickled_timestamps_unless_allowed(small_mini, tm
     stamps = np.load(tmp_path / "data_time_train.npy").astype(object)
     np.save(tmp_path / "data_time_train.npy", stamps, allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle=True"):
-        GlobalWeatherDataModule(tmp_path, build_mini=False).setup()
+        TimeSeriesDataModule(tmp_path, build_mini=False).setup()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingValuesWarning)
-        GlobalWeatherDataModule(tmp_path, build_mini=False, allow_pickle=True).setup()
+        TimeSeriesDataModule(tmp_path, build_mini=False, allow_pickle=True).setup()
 
 
 def write_wide(tmp_path, steps=800, stations=6, drop_rows=(), shuffle=False):
@@ -197,7 +197,7 @@ TINY_MODEL = {
 
 def make_task(dm, **kwargs):
     args = dict(model=TINY_MODEL, backbone={"name": "unireplknet_test"},
-                adapter={"_target_": "modalities.timeseries.adapter.SeriesToMap"},
+                adapter={"_target_": "modalities.timeseries.adapter.TimeSeriesAdapter"},
                 data_info=dm.data_info, value_scale=dm.value_scale,
                 optimizer={"name": "adam", "lr": 1e-3, "weight_decay": 0.0})
     args.update(kwargs)
@@ -205,7 +205,7 @@ def make_task(dm, **kwargs):
 
 
 def test_task_refuses_nodes_that_do_not_divide_the_stations(small_mini):
-    dm = GlobalWeatherDataModule(small_mini)
+    dm = TimeSeriesDataModule(small_mini)
     bad = {**TINY_MODEL, "num_nodes": 5}
     with pytest.raises(ValueError, match="num_nodes=5 does not divide the 12 stations"):
         make_task(dm, model=bad)
@@ -215,7 +215,7 @@ def test_task_refuses_nodes_that_do_not_divide_the_stations(small_mini):
 
 
 def test_task_trains_tests_with_baselines_and_reloads(small_mini, tmp_path):
-    dm = GlobalWeatherDataModule(small_mini, batch_size=8, val_stride=24, test_stride=12)
+    dm = TimeSeriesDataModule(small_mini, batch_size=8, val_stride=24, test_stride=12)
     task = make_task(dm)
     assert task.adapter.out_chans == dm.in_chans and task.backbone.num_features == 128
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,

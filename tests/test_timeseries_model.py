@@ -8,16 +8,15 @@ import pytest
 import torch
 
 import core
-from modalities.timeseries.adapter import SeriesToMap, map_size
-from modalities.timeseries.decoder import (
+from modalities.timeseries.adapter import NodeEmbedding, TimeSeriesAdapter, check_nodes, from_nodes, map_size, to_nodes
+from modalities.timeseries.model import (
     CorrDecoder,
     MultiCorrelation,
     SeriesDecomposition,
+    UniRepLKNetForecaster,
     node_cross_correlation,
     temporal_autocorrelation,
 )
-from modalities.timeseries.embedding import NodeEmbedding, check_nodes, from_nodes, to_nodes
-from modalities.timeseries.model import UniRepLKNetForecaster
 from modalities.timeseries.preprocess import pack_window
 
 D, NODES, L, LABEL, P, DMODEL = 12, 3, 48, 24, 24, 16
@@ -79,18 +78,18 @@ def test_map_size_is_closest_to_square(seq_len, d_model, expected):
 
 
 def test_eq2_reshape_round_trip():
-    adapter = SeriesToMap()
+    adapter = TimeSeriesAdapter()
     assert adapter.out_chans == 1
     x = torch.randn(2 * NODES, 48, 768)
     maps = adapter(x)
     assert maps.shape == (2 * NODES, 1, 192, 192)  # HW = L D' = 36,864 (paper Eq. 2)
-    assert torch.equal(SeriesToMap.inverse(maps, 48), x)
+    assert torch.equal(TimeSeriesAdapter.inverse(maps, 48), x)
     # row-major: the first D' entries of the map are step 0
     assert torch.equal(maps[0, 0].flatten()[:768], x[0, 0])
-    fixed = SeriesToMap(height=96)(x)
+    fixed = TimeSeriesAdapter(height=96)(x)
     assert fixed.shape == (2 * NODES, 1, 96, 384)
     with pytest.raises(ValueError, match="does not divide"):
-        SeriesToMap(height=100)(x)
+        TimeSeriesAdapter(height=100)(x)
     with pytest.raises(ValueError, match="node embeddings"):
         adapter(torch.randn(2, 1, 48, 768))
 
@@ -142,7 +141,7 @@ def test_multi_correlation_and_decoder_shapes():
 
 def make_forecaster(**kwargs):
     torch.manual_seed(0)
-    adapter = SeriesToMap()
+    adapter = TimeSeriesAdapter()
     backbone = core.create_backbone("unireplknet_test", in_chans=adapter.out_chans, num_classes=0)
     args = dict(num_series=D, seq_len=L, label_len=LABEL, pred_len=P, series_coords=coords(), num_nodes=NODES,
                 d_model=DMODEL, n_heads=4, d_ff=32, dropout=0.0)

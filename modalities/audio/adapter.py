@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-class SpectrogramAdapter(nn.Module):
+class AudioAdapter(nn.Module):
     """B x T x F (or B x 1 x T x F, passed through) -> B x 1 x T x F."""
 
     out_chans = 1
@@ -20,5 +20,5 @@ class SpectrogramAdapter(nn.Module):
         if x.dim() == 4 and x.shape[1] == 1:
             return x
         raise ValueError(
-            f"SpectrogramAdapter expects spectrograms of shape B x T x F or B x 1 x T x F, got {tuple(x.shape)}"
+            f"AudioAdapter expects spectrograms of shape B x T x F or B x 1 x T x F, got {tuple(x.shape)}"
         )

@@ -14,7 +14,7 @@ or the ``classes`` subset given; ``num_classes`` follows.
 Batches are ``(inputs, target)``:
 
 - ``inputs``: float32 B x T x F normalized log-mel features (``preprocess.fbank_features``; T = F = 128 by default);
-  ``SpectrogramAdapter`` turns them into the B x 1 x T x F map.
+  ``AudioAdapter`` turns them into the B x 1 x T x F map.
 - ``target``: ALWAYS a float32 B x num_classes vector, in every split: one-hot for a plain clip, the soft label
   ``lam * onehot_a + (1 - lam) * onehot_b`` for a mixup clip (train only). Take ``argmax`` for accuracy; BCE on it is
   the paper-scale loss. One target type for all splits keeps the task code free of special cases.
@@ -248,7 +248,7 @@ class SpeechCommandsDataset(Dataset):
         return jitter_and_roll(fbank, self.noise_scale, self.roll_frames), target
 
 
-class SpeechCommandsDataModule(ModalityDataModule):
+class AudioDataModule(ModalityDataModule):
     """Speech Commands V2 (real layout) -> ``(B x T x F features, B x num_classes float targets)`` batches.
 
     ``root=None`` means the repository's mini dataset (``data/mini/audio``), built by ``prepare_data`` when missing

@@ -3,7 +3,7 @@
 ``build_mini(root)`` writes ``<root>/SpeechCommands/speech_commands_v0.02/<word>/<speaker>_nohash_<n>.wav`` (1 s,
 16 kHz, mono, int16), ``validation_list.txt`` / ``testing_list.txt`` (split by speaker, like the real dataset) and a
 ``_background_noise_`` folder of generated noises, so ``torchaudio.datasets.SPEECHCOMMANDS(root)`` and
-``SpeechCommandsDataModule(root)`` read it exactly like the real data.
+``AudioDataModule(root)`` read it exactly like the real data.
 
 The speech is real synthesized speech: espeak-ng through the ``espeakng-loader`` wheel (shared library and voice
 data, no system package), driven through ctypes. A synthetic speaker is an (English accent, voice variant, pitch,

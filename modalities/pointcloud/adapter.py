@@ -33,7 +33,7 @@ def pixel_indices(points: torch.Tensor, resolution: int) -> torch.Tensor:
     return ((points + 1.0) * (0.5 * resolution)).floor().clamp(0, resolution - 1).long()
 
 
-class ThreeViewProjector(nn.Module):
+class PointCloudAdapter(nn.Module):
     """B x P x 3 points -> B x 3 x R x R maps, one channel per orthogonal view (XY, YZ, XZ).
 
     Args:

@@ -16,7 +16,7 @@ points are all identical) are skipped with a ``SkippedPointCloudWarning`` naming
 ``RepairedPointCloudWarning`` and are counted in ``repaired_clouds``; ``input_counts`` holds both. An epoch never
 ends because of one file; a batch of skipped files only comes out empty (zero rows) and the task skips it.
 
-``ModelNet40DataModule`` derives from the shared base ``modalities.base.ModalityDataModule`` (set-up per stage,
+``PointCloudDataModule`` derives from the shared base ``modalities.base.ModalityDataModule`` (set-up per stage,
 loaders, the num_classes check, the bad-input policy and counter); it supplies the listing of both formats, the
 validation hold-out and the datasets.
 
@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 
 from modalities.base import BadInputCounter, ModalityDataModule, report_bad_input
 from modalities.pointcloud import mini, preprocess
-from modalities.pointcloud.open3d_loader import import_open3d
+from modalities.pointcloud.preprocess import import_open3d
 
 FORMATS = ("auto", "off", "resampled")
 SHAPE_NAMES = "modelnet40_shape_names.txt"
@@ -56,7 +56,7 @@ ModelNet-40 comes in two formats this DataModule reads (point data.root at the f
   modelnet40_normal_resampled (the PointNet++ release, modelnet40_normal_resampled.zip):
     <root>/modelnet40_shape_names.txt, <root>/modelnet40_train.txt, <root>/modelnet40_test.txt
     <root>/<class>/<class>_<nnnn>.txt           one "x,y,z,nx,ny,nz" line per point
-Or use data=modelnet40_mini for the generated offline mini set."""
+Or use data=pointcloud_mini for the generated offline mini set."""
 
 
 class SkippedPointCloudWarning(UserWarning):
@@ -327,7 +327,7 @@ def stratified_holdout(samples: Sequence[tuple[Path, int]], fraction: float, see
     return kept, held
 
 
-class ModelNet40DataModule(ModalityDataModule):
+class PointCloudDataModule(ModalityDataModule):
     """ModelNet-40 (raw ``.off`` meshes or ``modelnet40_normal_resampled``) and the mini set.
 
     Args:

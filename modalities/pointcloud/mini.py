@@ -21,8 +21,7 @@ from types import MappingProxyType
 import numpy as np
 
 from modalities.mini_build import MANIFEST, build_atomically, manifest_matches  # noqa: F401 (re-exported)
-from modalities.pointcloud.open3d_loader import import_open3d
-from modalities.pointcloud.preprocess import rotation_about_axis
+from modalities.pointcloud.preprocess import import_open3d, rotation_about_axis
 
 CLASSES = (
     "arrow",

@@ -2,7 +2,7 @@
 
 Two on-disk layouts, one batch format:
 
-- ``GlobalWeatherDataModule`` reads Corrformer's files (and ``build_mini``'s)::
+- ``TimeSeriesDataModule`` reads Corrformer's files (and ``build_mini``'s)::
 
       <root>/{temp,wind}_global_hourly_{train,val,test}.npy   (T, stations, 1) values (x10 in the real data)
       <root>/data_time_{train,val,test}.npy                   (T,) timestamps, e.g. "2019-01-01 00:00:00"
@@ -245,7 +245,7 @@ def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
         raise
 
 
-class GlobalWeatherDataModule(StationSeriesDataModule):
+class TimeSeriesDataModule(StationSeriesDataModule):
     """Corrformer's Global Temperature / Wind Speed files (``variable`` ``temp`` or ``wind``) under ``root``.
 
     ``root=None`` means the repository's mini dataset (``data/mini/timeseries``), built by ``prepare_data`` when

@@ -8,7 +8,7 @@ import libusb_package
 
 PROBE = """
 import numpy as np
-from modalities.pointcloud.open3d_loader import import_open3d
+from modalities.pointcloud.preprocess import import_open3d
 o3d = import_open3d()
 mesh = o3d.geometry.TriangleMesh.create_box(1.0, 2.0, 3.0)
 points = np.asarray(mesh.sample_points_uniformly(number_of_points=2000).points)
