@@ -2,8 +2,9 @@
 
 Files are read with weights-only unpickling, so a file crafted to run code on load is refused. Plain state
 dicts and dicts wrapping one ({"model": ...}, {"state_dict": ...}) are accepted; 3-channel stem weights are
-adapted to other ``in_chans`` (timm's rule); a training-structure checkpoint loads into a deploy-structure
-UniRepLKNet by loading into a twin and re-parameterizing it.
+adapted to other ``in_chans`` (timm's rule). A model may convert a checkpoint's state dict to its own structure
+first with a ``checkpoint_filter_fn(state, strict, skip_head)`` method (timm's name for such remapping):
+UniRepLKNet's turns a training-structure checkpoint into its deploy structure. This module knows no model.
 """
 
 from __future__ import annotations
@@ -79,15 +80,6 @@ def _fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], skip_head:
     return state
 
 
-def _needs_twin(model: nn.Module, state: dict) -> bool:
-    from core.backbones.unireplknet import UniRepLKNet
-
-    deployed = isinstance(model, UniRepLKNet) and not any(
-        k.endswith("running_mean") for k in model.state_dict()
-    )
-    return deployed and any(k.endswith("running_mean") for k in state)
-
-
 def load_checkpoint(
     model: nn.Module, path: str | PathLike, strict: bool = True, skip_head: bool | str = False
 ) -> nn.Module:
@@ -99,19 +91,18 @@ def load_checkpoint(
             "auto" ignores it only when its size differs from the model's.
     A model built with ``num_classes=0`` ignores the checkpoint head by itself.
     """
-    state = read_state_dict(path)
-    if _needs_twin(model, state):
-        # A training-structure checkpoint into a deploy model: load a training twin, then fuse it.
-        from core.backbones.unireplknet import UniRepLKNet
+    return load_state(model, read_state_dict(path), strict, skip_head, source=path)
 
-        twin = UniRepLKNet(
-            in_chans=model.in_chans, num_classes=model.num_classes, depths=model.depths, dims=model.dims,
-            kernel_sizes=model.kernel_sizes, global_pool=model.global_pool,
-        )
-        load_checkpoint(twin, path, strict=strict, skip_head=skip_head)
-        if skip_head and isinstance(model.head, nn.Linear):
-            twin.head.load_state_dict(model.head.state_dict())
-        state = twin.eval().reparameterize().state_dict()
+
+def load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True, skip_head: bool | str = False,
+    source: str | PathLike = "state dict",
+) -> nn.Module:
+    """``load_checkpoint`` for a state dict already read (``source`` names it in error messages)."""
+    path = source
+    convert = getattr(model, "checkpoint_filter_fn", None)
+    if convert is not None:
+        state = convert(state, strict=strict, skip_head=skip_head)
     state = _fit_state_dict(model, state, skip_head, path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

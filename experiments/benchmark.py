@@ -273,7 +273,7 @@ def main(argv=None) -> None:
     elif args.command == "profile":
         from experiments.benchmark_profile import run_profile
 
-        print(run_profile(args))
+        print(run_profile(args, build_model))
     else:
         from experiments.benchmark_modalities import run_modalities
 

@@ -12,11 +12,14 @@ The profiler hands out per-operator totals only; the grouping of oneDNN / Induct
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from core.backbones.fast import compile_model
 
 PRODUCTS = "matrix products (FFN as Linear or 1x1 conv, SE, head)"
 INDUCTOR = "Inductor fused kernels (element-wise, norms, reductions)"
@@ -77,9 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/benchmarks/profile")
 
 
-def run_profile(args) -> str:
-    from experiments.benchmark import build_model
-    from core.backbones.fast import compile_model
+def run_profile(args, build_model: Callable[[str, str], torch.nn.Module]) -> str:
+    """Profile ``args.models``, each built by ``build_model(name, structure)`` (``experiments.benchmark``'s)."""
 
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.resolution, args.resolution)

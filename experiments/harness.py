@@ -96,22 +96,13 @@ def _choice(group: str) -> str:
 
 
 def stage_kernel_sizes(name: str, per_stage) -> list[list[int]]:
-    """Per-stage kernel sizes (paper Table 3: S1-S4) -> per-block ``kernel_sizes`` of UniRepLKNet ``name``.
-
-    In each stage the blocks with a large kernel by default (K >= 7) get the stage's K, so the interleaved 3x3
-    blocks of a deep stage 3 stay 3x3; a stage without large kernels by default (stage 1) gets K in every block.
-    """
-    variant = name.removeprefix("unireplknet_")
-    if not name.startswith("unireplknet_") or variant not in unireplknet.VARIANTS:
+    """``backbone.stage_kernel_sizes`` -> per-block ``kernel_sizes`` (the rule: ``unireplknet.stage_kernel_sizes``)."""
+    if not name.startswith("unireplknet_"):
         raise ConfigError(f"backbone.stage_kernel_sizes applies to UniRepLKNet only, not to {name!r}")
-    per_stage = [int(k) for k in per_stage]
-    if len(per_stage) != 4:
-        raise ConfigError(f"backbone.stage_kernel_sizes needs one K per stage (4), got {per_stage}")
-    blocks = []
-    for stage, k in zip(core.default_kernel_sizes(unireplknet.VARIANTS[variant]["depths"]), per_stage):
-        has_large = any(d >= unireplknet.LARGE_KERNEL_MIN for d in stage)
-        blocks.append([k if d >= unireplknet.LARGE_KERNEL_MIN or not has_large else d for d in stage])
-    return blocks
+    try:
+        return unireplknet.stage_kernel_sizes(name.removeprefix("unireplknet_"), per_stage)
+    except ValueError as error:
+        raise ConfigError(f"backbone.stage_kernel_sizes: {error}") from None
 
 
 def expand_stage_kernels(cfg: DictConfig) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.backbones.factory import declared_kernel_size
 from experiments.results import load_results
 
 
@@ -81,22 +82,11 @@ def row_label(family: str, kernel: int | None) -> str:
     return f"{family} (K={kernel})" if kernel is not None else family
 
 
-def _declared_kernel(name: str) -> int | None:
-    """The K a backbone has without a kernel_size override (for failed runs, which record no kernel_sizes)."""
-    from core.backbones.factory import BASELINES
-    from core.backbones.unireplknet import VARIANTS, default_kernel_sizes
-
-    if name in BASELINES:
-        return BASELINES[name][1]
-    variant = str(name).removeprefix("unireplknet_")
-    return largest_kernel(default_kernel_sizes(VARIANTS[variant]["depths"])) if variant in VARIANTS else None
-
-
 def _run_kernel(run: pd.Series) -> int | None:
     found = largest_kernel(run.get("kernel_sizes"))
     if found is None:  # a failed run records the requested K only
         requested = run.get("kernel_size")
-        found = int(requested) if requested is not None and not pd.isna(requested) else _declared_kernel(run["backbone"])
+        found = int(requested) if requested is not None and not pd.isna(requested) else declared_kernel_size(run["backbone"])
     return found
 
 

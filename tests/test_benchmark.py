@@ -69,7 +69,7 @@ def test_profile_table_sums_to_the_total(tmp_path):
     ])
     from experiments.benchmark_profile import run_profile
 
-    text = run_profile(args)
+    text = run_profile(args, benchmark.build_model)
     assert "unireplknet_test:fast/eager" in text and "convnext_atto:train/eager" in text
     assert "depthwise conv" in text and "matrix products" in text
     assert (tmp_path / "profile.md").read_text().strip() == text.strip()

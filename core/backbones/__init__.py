@@ -4,6 +4,7 @@ from core.backbones.factory import (
     BASELINES,
     backbone_kernel_sizes,
     create_backbone,
+    declared_kernel_size,
     list_backbones,
     reparameterize,
 )
@@ -14,6 +15,7 @@ from core.backbones.unireplknet import (
     UniRepLKNet,
     UniRepLKNetBlock,
     default_kernel_sizes,
+    stage_kernel_sizes,
 )
 
 __all__ = [
@@ -25,7 +27,9 @@ __all__ = [
     "UniRepLKNetBlock",
     "backbone_kernel_sizes",
     "create_backbone",
+    "declared_kernel_size",
     "default_kernel_sizes",
     "list_backbones",
     "reparameterize",
+    "stage_kernel_sizes",
 ]

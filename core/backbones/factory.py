@@ -71,6 +71,16 @@ def create_backbone(
     raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(list_backbones())}")
 
 
+def declared_kernel_size(name: str) -> int | None:
+    """The largest K of backbone ``name`` as built without overrides (a baseline's fixed K), None if unknown."""
+    if name in BASELINES:
+        return BASELINES[name][1]
+    variant = str(name).removeprefix("unireplknet_")
+    if variant not in unireplknet.VARIANTS:
+        return None
+    return max(k for stage in unireplknet.default_kernel_sizes(unireplknet.VARIANTS[variant]["depths"]) for k in stage)
+
+
 def backbone_kernel_sizes(model: nn.Module, name: str | None = None) -> list[list[int]] | int | None:
     """The per-stage kernel sizes of a UniRepLKNet, or a baseline's fixed K (for results tables)."""
     if isinstance(model, unireplknet.UniRepLKNet):

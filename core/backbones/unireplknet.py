@@ -23,6 +23,7 @@ from torch import nn
 
 from core.backbones.layers import GRN, SEBlock, ToChannelsFirst, ToChannelsLast
 from core.backbones.reparam import fold_ffn_output, fuse_bn, merge_dilated_branches
+from core.checkpoint import load_checkpoint, load_state
 
 # Dilated Reparam Block branches per kernel size K: (kernel k, dilation r) of each parallel branch,
 # the values the published checkpoints were trained with.
@@ -397,9 +398,22 @@ class UniRepLKNet(nn.Module):
 
     def load_pretrained(self, path, **kwargs) -> None:
         """timm hook (``custom_load``): load a published checkpoint file safely, see core.checkpoint."""
-        from core.checkpoint import load_checkpoint
-
         load_checkpoint(self, path, skip_head=kwargs.pop("skip_head", "auto"), **kwargs)
+
+    def checkpoint_filter_fn(self, state: dict, strict: bool = True, skip_head: bool | str = False) -> dict:
+        """A checkpoint's state dict in this model's structure: a training-structure checkpoint for a deploy-
+        structure model is loaded into a training twin and re-parameterized; anything else passes unchanged."""
+        deployed = not any(key.endswith("running_mean") for key in self.state_dict())
+        if not deployed or not any(key.endswith("running_mean") for key in state):
+            return state
+        twin = UniRepLKNet(
+            in_chans=self.in_chans, num_classes=self.num_classes, depths=self.depths, dims=self.dims,
+            kernel_sizes=self.kernel_sizes, global_pool=self.global_pool,
+        )
+        load_state(twin, state, strict=strict, skip_head=skip_head)
+        if skip_head and isinstance(self.head, nn.Linear):
+            twin.head.load_state_dict(self.head.state_dict())
+        return twin.eval().reparameterize().state_dict()
 
 
 # --- variants (paper Table 5) -------------------------------------------------------------------------
@@ -428,6 +442,24 @@ def default_kernel_sizes(depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     if depths == (1, 1, 2, 1):  # the test variant: one SmaK and one LarK block in stage 3
         return (3,), (13,), (13, 3), (13,)
     return (3,) * d1, (13,) * d2, (13,) * d3, (13,) * d4
+
+
+def stage_kernel_sizes(variant: str, per_stage: Sequence[int]) -> list[list[int]]:
+    """Per-stage kernel sizes (paper Table 3: S1-S4) -> per-block ``kernel_sizes`` of UniRepLKNet ``variant``.
+
+    In each stage the blocks with a large kernel by default (K >= 7) get the stage's K, so the interleaved 3x3
+    blocks of a deep stage 3 stay 3x3; a stage without large kernels by default (stage 1) gets K in every block.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"stage kernel sizes apply to UniRepLKNet only, not to {variant!r}")
+    per_stage = [check_kernel_size(int(k)) for k in per_stage]
+    if len(per_stage) != 4:
+        raise ValueError(f"stage kernel sizes need one K per stage (4), got {per_stage}")
+    blocks = []
+    for stage, k in zip(default_kernel_sizes(VARIANTS[variant]["depths"]), per_stage):
+        has_large = any(d >= LARGE_KERNEL_MIN for d in stage)
+        blocks.append([k if d >= LARGE_KERNEL_MIN or not has_large else d for d in stage])
+    return blocks
 
 
 def override_kernel_size(kernel_sizes, kernel_size: int):
