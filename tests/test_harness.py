@@ -1,5 +1,5 @@
 """Tests of the experiment harness: config composition for every modality and preset, error messages,
-a fast_dev_run per modality and per paper preset, results.json and load_results.
+a fast_dev_run per modality (every preset: test_modality_contract.py), results.json and load_results.
 
 Parametrized over the config files, so a new modality (modality/<m>.yaml) or preset is tested without new code.
 Process-level behaviour (DDP on CPU, resume after SIGKILL, the CLI) is in test_harness_processes.py.
@@ -18,7 +18,7 @@ import core
 from experiments.harness import CONFIG_DIR, ConfigError, _options_for_modality, check_config, group_options
 from experiments.results import load_results
 from experiments.run import train
-from tests.conftest import EXPERIMENTS, FAST, MODALITIES, compose_config, preset_modality
+from tests.conftest import EXPERIMENTS, FAST, MODALITIES, compose_config
 
 # paper Table 14: (mixup, cutmix, drop path) per UniRepLKNet variant
 TABLE14 = {"a": (0.3, 0.3, 0.0), "f": (0.3, 0.3, 0.0), "p": (0.3, 0.3, 0.1), "n": (0.5, 0.5, 0.1),
@@ -175,21 +175,6 @@ def test_fast_dev_run_per_modality(modality, make_config, tmp_path):
     assert_deploy_agrees(record)
     assert (run_dir / "checkpoints" / "deploy.pt").is_file()
     assert OmegaConf.load(run_dir / "config.yaml").modality.name == modality  # the resolved config
-
-
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if preset_modality(e) == "image"])
-def test_fast_dev_run_per_image_preset_on_mini_data(experiment, make_config, mini_image_root):
-    """Each ImageNet preset runs end to end with the tiny backbone, pointed at the mini data."""
-    cfg = make_config([
-        f"experiment={experiment}", *FAST, f"data.root={mini_image_root}", "data.num_classes=null",
-        "data.test_split=test", "data.image_size=32", "data.batch_size=2", "data.pin_memory=false",
-        "data.persistent_workers=false", "trainer.accumulate_grad_batches=1",
-    ])
-    record = train(cfg)
-    assert record["experiment"] == experiment and record["global_step"] == 1
-    assert_deploy_agrees(record)
-    saved = OmegaConf.load(cfg.paths.output_dir + "/config.yaml")
-    assert saved.task.optimizer.lr == 4e-3 and saved.task.mixup.cutmix_alpha > 0  # the preset's recipe ran
 
 
 def test_limited_run_writes_metrics_checkpoints_and_loads_back(make_config, mini_image_root, tmp_path):
