@@ -1,28 +1,31 @@
-"""The fast inference path: ``optimize_for_inference(model)`` returns the fastest equivalent model.
+"""The fast inference path: ``optimize_for_inference(model, example_input)`` returns an equivalent model that
+runs faster on the device at hand.
 
-Why hand-written: neither timm nor torch ships this. Profiles of the deploy structure on this project's CPU
-(torch.profiler, batch 32 at 224, see docs/performance.md) put most of the time in the two FFN matrix products
-and in the element-wise passes over the 4C-wide hidden map (bias copy, GELU, GRN scale, the NCHW <-> NHWC
-copies around the Linear layers), then in the depthwise convs. ``FastUniRepLKNet`` therefore
+``FastUniRepLKNet`` is an inference-only rebuild of a re-parameterized ``UniRepLKNet``:
 
-- keeps the residual stream in NHWC (channels last), where the FFN is one plain matrix product over all
+- the residual stream is kept in NHWC (channels last), where the FFN is one plain matrix product over all
   pixels and the stem / downsampling LayerNorms are ordinary last-dimension LayerNorms;
-- runs each depthwise conv in the memory format measured fastest for its shape when an example input is given
-  (``choose_dw_formats``), channels_last otherwise: with torch 2.9.1 on this project's CPU a 13 x 13 depthwise
-  conv ran 8-30x faster in channels_last than in NCHW, the reverse of what a sibling machine showed
-  (environment.md), so the format is measured, not assumed; the SE scale is applied in the pass that writes
-  the NHWC FFN input;
-- computes SE on B x C vectors with plain matrix products (a 1x1 conv on a 1 x 1 map costs 10x more);
-- applies GELU in oneDNN's epilogue of the first FFN product, folds the per-sample GRN scale into a
-  per-sample copy of the output weight where that matrix is smaller than the hidden map, and accumulates the
-  output product straight into the residual sum (no separate bias copy or residual pass):
+- each depthwise conv runs in NCHW or channels_last (``FastBlock.dw_channels_first``), and the SE scale is
+  applied in the pass that writes the NHWC FFN input;
+- SE works on B x C vectors with plain matrix products;
+- the first FFN product and its GELU run as one of ``LINEAR_GELU_FORMS`` (oneDNN's Linear or 1x1 convolution
+  with GELU in the epilogue, or a plain Linear followed by GELU), the GRN norms as one of ``GRN_NORM_FORMS``,
+  and the per-sample GRN scale either folded into a per-sample copy of the output weight or applied to the
+  hidden map (``GRN_SCALE_FORMS``); the output product is accumulated straight into the residual sum:
 
       SE:   W1 (s * y)                = W1 (y')  with y' written once, already scaled, in NHWC
       GRN:  W2 ((1 + g Nx) * h) + b2  = (W2 * (1 + g Nx)) h + b2,  accumulated into (x + b2)
 
-Everything is exact algebra, so outputs equal the eval-mode training structure to float32 round-off.
-``optimize_for_inference`` then picks eager or ``torch.compile`` (with or without weight freezing) by
-measurement.
+Every form is exact algebra, so all of them give the eval-mode training structure's outputs to float32
+round-off; which one is fastest depends on the machine and the layer shape. Without an example input the
+defaults need no measurement (channels_last depthwise convs, the fused Linear, a sum of squares, the GRN scale
+folded into whichever operand is smaller). With one, ``optimize_for_inference`` times each form per distinct
+block shape (``choose_dw_formats``, ``choose_ffn_forms``), then the candidates "eager", "compile" and
+"compile_frozen" (``compile_model``): each one is checked against the original on the example and on a batch one
+larger, a candidate that fails to build, compile, run or match is dropped (``inference_choice["rejected"]``
+says why), and the fastest of the rest is returned. Under ``torch.compile`` the forward uses only layout-explicit,
+out-of-place operations, so it compiles for either depthwise format and recompiles for new batch and input
+sizes. Measurements behind these choices: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +42,25 @@ from torch import nn
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
 CANDIDATES = ("eager", "compile", "compile_frozen")
+LINEAR_GELU_FORMS = ("fused_linear", "fused_conv1x1", "linear_then_gelu")
+GRN_NORM_FORMS = ("square_sum", "vector_norm")
+GRN_SCALE_FORMS = ("auto", "weight", "map")
+_MKLDNN = torch.backends.mkldnn.is_available()
+_MKLDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_fusable(x: torch.Tensor) -> bool:
+    """Whether the fused oneDNN forms of ``LINEAR_GELU_FORMS`` apply to ``x`` (in eager mode)."""
+    return _MKLDNN and x.device.type == "cpu" and x.dtype in _MKLDNN_DTYPES
 
 
 def compile_model(model: nn.Module, mode: str) -> nn.Module:
     """``model`` as run by a candidate mode: "eager" (itself), "compile" (``torch.compile``) or
     "compile_frozen" (``torch.compile`` with Inductor's freezing: weights become constants, so on CPU the convs
-    and Linears are lowered to oneDNN with pre-packed weights and fused epilogues; inference only)."""
+    and Linears are lowered to oneDNN with pre-packed weights and fused epilogues; inference only).
+
+    ``torch.compile`` runs with its default ``dynamic=None``: the first call compiles for its shapes, a call with
+    a new batch or input size recompiles once with those sizes symbolic."""
     if mode == "eager":
         return model
     if mode == "compile":
@@ -53,34 +70,6 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
     raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(CANDIDATES)}")
 
 
-# Measured on this project's CPU (batch 32; docs/performance.md): the first FFN product with GELU in oneDNN's
-# epilogue beats Linear + separate GELU at every map size; up to 28 x 28 maps as a Linear (1 thread, CPU time),
-# on 56 x 56 maps as a 1x1 convolution over the channels_last view (139 vs 165 ms as a fused Linear and 181 ms
-# as Linear + GELU, UniRepLKNet-N stage 1, 2 threads). A plain sum of squares beats vector_norm for the GRN
-# norms up to 28 x 28. All forms are the same arithmetic.
-FUSED_LINEAR_MAX_PIXELS = 28 * 28
-SQUARE_SUM_MAX_PIXELS = 28 * 28
-_MKLDNN = torch.backends.mkldnn.is_available()
-
-
-def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """GELU(x W^T + b) for a B x H x W x C map, in oneDNN's fused form where available (eager on CPU: neither
-    TorchScript nor torch.compile can lower these ops with unpacked weights; torch.compile fuses the GELU
-    itself)."""
-    if not torch.compiler.is_compiling() and not torch.jit.is_scripting() and x.device.type == "cpu" and _MKLDNN:
-        # is_compiling() first: Dynamo treats it as a constant, where mkldnn.is_available() breaks the graph
-        b, h, w, c = x.shape
-        if h * w <= FUSED_LINEAR_MAX_PIXELS:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-        out = torch.ops.mkldnn._convolution_pointwise(  # NCHW view of NHWC memory: a channels_last 1x1 conv
-            x.permute(0, 3, 1, 2), weight.view(weight.shape[0], c, 1, 1), bias,
-            [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none",
-        )
-        return out.permute(0, 2, 3, 1).contiguous()  # a no-op: the output is channels_last
-    out = F.linear(x, weight, bias)
-    return F.gelu(out) if torch.jit.is_scripting() else torch._C._nn.gelu_(out)
-
-
 def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
@@ -88,8 +77,16 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
 class FastBlock(nn.Module):
     """Inference-only UniRepLKNet block on an NHWC (B x H x W x C) residual stream.
 
-    Built from a re-parameterized ``UniRepLKNetBlock``. ``dw_channels_first`` runs the depthwise conv in NCHW
-    instead of channels_last (``choose_dw_formats`` sets it by timing).
+    Built from a re-parameterized ``UniRepLKNetBlock``. Forms, all giving the same outputs (``choose_dw_formats``
+    and ``choose_ffn_forms`` set them by timing):
+
+    - ``dw_channels_first``: the depthwise conv in NCHW instead of channels_last;
+    - ``linear_gelu_form`` (``LINEAR_GELU_FORMS``): the first FFN product with its GELU; the fused oneDNN forms
+      apply in eager mode to float32 / bfloat16 CPU tensors, anything else (and ``torch.compile``, which fuses
+      the GELU itself) runs "linear_then_gelu";
+    - ``grn_norm_form`` (``GRN_NORM_FORMS``): the GRN L2 norms over the pixels;
+    - ``grn_scale_form`` (``GRN_SCALE_FORMS``): the per-sample GRN scale folded into a per-sample copy of the
+      output weight ("weight"), applied to the hidden map ("map"), or whichever of the two is smaller ("auto").
     """
 
     def __init__(self, block: UniRepLKNetBlock, dw_channels_first: bool | None = None):
@@ -104,6 +101,7 @@ class FastBlock(nn.Module):
         else:  # K = 0: no spatial conv
             self.dw_weight = self.dw_bias = None
         self.dw_channels_first = bool(dw_channels_first)
+        self.linear_gelu_form, self.grn_norm_form, self.grn_scale_form = "fused_linear", "square_sum", "auto"
         se = block.se
         self.se_w1, self.se_b1 = _frozen(se.down.weight.flatten(1)), _frozen(se.down.bias)  # C/4 x C
         self.se_w2, self.se_b2 = _frozen(se.up.weight.flatten(1)), _frozen(se.up.bias)  # C x C/4
@@ -112,36 +110,90 @@ class FastBlock(nn.Module):
         self.w2t, self.b2 = _frozen(linear2.weight.t()), _frozen(linear2.bias)  # 4C x C (transposed), C
         self.grn_gamma = _frozen(block.act[1].gamma.flatten())  # 4C
 
-    def _dwconv(self, x: torch.Tensor) -> torch.Tensor:
-        """B x H x W x C -> the depthwise conv output as a B x C x H x W tensor (NCHW or channels_last)."""
+    def _dwconv(self, x: torch.Tensor, channels_first: bool | None = None) -> torch.Tensor:
+        """B x H x W x C -> the depthwise conv output as a B x C x H x W tensor, run in NCHW if ``channels_first``
+        (default: ``dw_channels_first``), else in channels_last."""
         k = self.kernel_size
-        nchw = x.permute(0, 3, 1, 2)  # a channels_last view
-        if self.dw_channels_first:
-            nchw = nchw.contiguous()
+        channels_first = self.dw_channels_first if channels_first is None else channels_first
+        nchw = x.permute(0, 3, 1, 2)  # a channels_last view of NHWC memory
+        nchw = nchw.contiguous() if channels_first else nchw.contiguous(memory_format=torch.channels_last)
         return F.conv2d(nchw, self.dw_weight, self.dw_bias, padding=k // 2, groups=self.dw_weight.shape[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _se_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W -> the B x C SE scale."""
+        pooled = y.mean(dim=(2, 3))
+        return torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.se_w1, self.se_b1)), self.se_w2, self.se_b2))
+
+    @staticmethod
+    def _scaled_nhwc(y: torch.Tensor, scale: torch.Tensor, eager: bool) -> torch.Tensor:
+        """y * scale (B x C x H x W in any memory format, B x C) as an NHWC-contiguous B x H x W x C tensor."""
+        b, c, h, w = y.shape
+        y, scale = y.permute(0, 2, 3, 1), scale.view(b, 1, 1, c)
+        if eager:  # one pass that reads y in its own order and writes a tensor allocated NHWC-contiguous
+            return torch.mul(y, scale, out=torch.empty((b, h, w, c), dtype=y.dtype, device=y.device))
+        return (y * scale).contiguous()
+
+    def _linear_gelu(self, ys: torch.Tensor, form: str) -> torch.Tensor:
+        """GELU(ys W1^T + b1) for an NHWC-contiguous B x H x W x C map, as a contiguous (B H W) x 4C matrix."""
+        b, h, w, c = ys.shape
+        if form not in LINEAR_GELU_FORMS:
+            raise ValueError(f"unknown linear_gelu_form {form!r}; valid choices: {', '.join(LINEAR_GELU_FORMS)}")
+        if form != "linear_then_gelu" and not _onednn_fusable(ys):
+            form = "linear_then_gelu"
+        if form == "fused_linear":
+            return torch.ops.mkldnn._linear_pointwise(ys.reshape(b * h * w, c), self.w1, self.b1, "gelu", [], "none")
+        if form == "fused_conv1x1":  # the NCHW view of NHWC memory is a channels_last input of a 1x1 conv
+            out = torch.ops.mkldnn._convolution_pointwise(
+                ys.permute(0, 3, 1, 2), self.w1.view(self.w1.shape[0], c, 1, 1), self.b1,
+                [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none",
+            )
+            return out.permute(0, 2, 3, 1).reshape(b * h * w, self.w1.shape[0])  # a view when channels_last
+        out = F.linear(ys.reshape(b * h * w, c), self.w1, self.b1)  # "linear_then_gelu"
+        return F.gelu(out) if torch.compiler.is_compiling() else torch._C._nn.gelu_(out)
+
+    @staticmethod
+    def _grn_norms(hidden: torch.Tensor, form: str) -> torch.Tensor:
+        """B x P x 4C -> the B x 4C L2 norms over the P pixels."""
+        if form == "square_sum":
+            return hidden.square().sum(dim=1).sqrt()
+        if form == "vector_norm":
+            return torch.linalg.vector_norm(hidden, ord=2, dim=1)
+        raise ValueError(f"unknown grn_norm_form {form!r}; valid choices: {', '.join(GRN_NORM_FORMS)}")
+
+    def _grn_scale(self, gx: torch.Tensor) -> torch.Tensor:
+        """B x 4C norms -> the B x 4C per-sample GRN scale 1 + gamma Nx."""
+        return torch.addcmul(torch.ones_like(gx), self.grn_gamma, gx / (gx.mean(dim=1, keepdim=True) + 1e-6))
+
+    def _ffn_out(self, x: torch.Tensor, hidden: torch.Tensor, grn: torch.Tensor, form: str, eager: bool):
+        """x + b2 + (grn * hidden) W2 for the B x H x W x C residual x, the B x P x 4C hidden map and the
+        B x 4C GRN scale, as an NHWC-contiguous B x H x W x C tensor."""
         b, h, w, c = x.shape
-        hw = h * w
+        p, c4 = h * w, hidden.shape[2]
+        if form == "auto":  # the per-sample weight (4C x C) is smaller than the hidden map (P x 4C)
+            form = "weight" if c < p else "map"
+        if form not in ("weight", "map"):
+            raise ValueError(f"unknown grn_scale_form {form!r}; valid choices: {', '.join(GRN_SCALE_FORMS)}")
+        res = (x.reshape(b, p, c) + self.b2).contiguous()  # a new tensor: the output is accumulated into it
+        if form == "weight":
+            weight = self.w2t * grn.view(b, c4, 1)
+            out = res.baddbmm_(hidden, weight) if eager else torch.baddbmm(res, hidden, weight)
+        else:
+            scaled = (hidden * grn.view(b, 1, c4)).reshape(b * p, c4)
+            res = res.view(b * p, c)
+            out = res.addmm_(scaled, self.w2t) if eager else torch.addmm(res, scaled, self.w2t)
+        return out.view(b, h, w, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # eager: oneDNN's fused forms, writes into explicitly allocated tensors; torch.compile: plain out-of-place
+        # operations with explicit layouts (is_compiling() is a constant to Dynamo)
+        eager = not torch.compiler.is_compiling()
+        b, h, w, c = x.shape
         y = self._dwconv(x) if self.dw_weight is not None else x.permute(0, 3, 1, 2)  # B x C x H x W
-        pooled = y.mean(dim=(2, 3))  # B x C
-        scale = torch.sigmoid(F.linear(F.relu(F.linear(pooled, self.se_w1, self.se_b1)), self.se_w2, self.se_b2))
-        # the scaled map, written once in NHWC: B x H x W x C
-        y = torch.mul(y.permute(0, 2, 3, 1), scale.view(b, 1, 1, c), out=x.new_empty(b, h, w, c))
-        hidden = _linear_gelu(y, self.w1, self.b1)  # B x H x W x 4C
-        hidden = hidden.view(b, hw, 4 * c)
-        # GRN: B x 4C L2 norms over the pixels (a sum of squares is faster than vector_norm on small maps)
-        if hw <= SQUARE_SUM_MAX_PIXELS:
-            gx = hidden.square().sum(dim=1).sqrt()
-        else:
-            gx = torch.linalg.vector_norm(hidden, ord=2, dim=1)
-        grn = torch.addcmul(torch.ones_like(gx), self.grn_gamma, gx / (gx.mean(dim=1, keepdim=True) + 1e-6))
-        out = x + self.b2  # B x H x W x C: the residual sum, the FFN output is accumulated into it
-        if c < hw:  # the GRN scale folded into a per-sample W2 (smaller than the hidden map)
-            out.view(b, hw, c).baddbmm_(hidden, self.w2t * grn.view(b, 4 * c, 1))
-        else:
-            out.view(b * hw, c).addmm_((hidden * grn.view(b, 1, 4 * c)).view(b * hw, 4 * c), self.w2t)
-        return out
+        ys = self._scaled_nhwc(y, self._se_scale(y), eager)  # the FFN input: B x H x W x C
+        hidden = self._linear_gelu(ys, self.linear_gelu_form if eager else "linear_then_gelu")
+        hidden = hidden.reshape(b, h * w, self.w1.shape[0])  # B x P x 4C (a view)
+        grn = self._grn_scale(self._grn_norms(hidden, self.grn_norm_form))
+        return self._ffn_out(x, hidden, grn, self.grn_scale_form, eager)
 
 
 class FastDownsample(nn.Module):
@@ -182,7 +234,7 @@ class FastDownsample(nn.Module):
 
 
 class FastUniRepLKNet(nn.Module):
-    """Inference-only UniRepLKNet: NHWC residual stream, per-layer memory format for the depthwise convs.
+    """Inference-only UniRepLKNet: NHWC residual stream, per-layer forms of the blocks (see ``FastBlock``).
 
     Same outputs as the eval-mode ``UniRepLKNet`` it was built from (``forward``, ``forward_features``,
     ``forward_head``); built by ``to_fast_model``.
@@ -211,7 +263,11 @@ class FastUniRepLKNet(nn.Module):
         return x.permute(0, 3, 1, 2)
 
     forward_head = UniRepLKNet.forward_head  # pooling, LayerNorm, head: unchanged
-    forward = UniRepLKNet.forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # its own code object (not UniRepLKNet.forward), so torch.compile's per-function cache and recompile
+        # limit are not shared with compiled training models
+        return self.forward_head(self.forward_features(x))
 
 
 def to_fast_model(model: nn.Module) -> nn.Module:
@@ -234,20 +290,38 @@ def to_fast_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _median_seconds(fn, args: tuple, repeats: int) -> float:
-    times = []
-    with torch.inference_mode():
-        fn(*args)  # warm-up (and compilation)
-        for _ in range(repeats):
-            start = time.perf_counter()
+def _round_robin_seconds(calls: dict[str, tuple], repeats: int) -> tuple[dict[str, float], dict[str, Exception]]:
+    """Median wall seconds of each {name: (function, arguments)} call, timed in interleaved rounds (one call of
+    each per round, after one untimed call each), so that a change of the machine's load hits every one alike.
+    Returns (seconds, errors): a call that raises is left out of the timing, its exception is in errors."""
+    times: dict[str, list[float]] = {}
+    errors: dict[str, Exception] = {}
+
+    def run(name: str) -> float | None:
+        fn, args = calls[name]
+        start = time.perf_counter()
+        try:
             fn(*args)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        except Exception as error:  # reported to the caller
+            errors[name] = error
+            times.pop(name, None)
+            return None
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        for name in calls:  # warm-up (and compilation)
+            if run(name) is not None:
+                times[name] = []
+        for _ in range(repeats):
+            for name in list(times):
+                seconds = run(name)
+                if seconds is not None:
+                    times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}, errors
 
 
-def choose_dw_formats(fast: nn.Module, example_input: torch.Tensor, repeats: int = 3) -> dict[str, str]:
-    """Time every distinct depthwise conv of ``fast`` in NCHW and channels_last at the shape it sees for
-    ``example_input`` and set each ``FastBlock`` to the faster format. Returns {block name: format}."""
+def _block_input_shapes(fast: nn.Module, example_input: torch.Tensor) -> dict[str, tuple]:
+    """{name: B x H x W x C input shape} of every ``FastBlock`` of ``fast`` for ``example_input``."""
     shapes: dict[str, tuple] = {}
 
     def record(name: str):
@@ -255,32 +329,113 @@ def choose_dw_formats(fast: nn.Module, example_input: torch.Tensor, repeats: int
             shapes.setdefault(name, tuple(args[0].shape))
         return hook
 
-    hooks = [
-        m.register_forward_pre_hook(record(name))
-        for name, m in fast.named_modules() if isinstance(m, FastBlock) and m.dw_weight is not None
-    ]
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in fast.named_modules() if isinstance(m, FastBlock)]
     try:
         with torch.inference_mode():
             fast(example_input)
     finally:
         for hook in hooks:
             hook.remove()
+    return shapes
+
+
+def _fastest(calls: dict[str, tuple], repeats: int) -> str:
+    """The name of the fastest {name: (function, arguments)} call; a form that raises is skipped."""
+    seconds, errors = _round_robin_seconds(calls, repeats)
+    if not seconds:
+        raise RuntimeError(f"none of the forms {list(calls)} runs: {errors}")
+    return min(seconds, key=seconds.get)
+
+
+def choose_dw_formats(fast: nn.Module, example_input: torch.Tensor, repeats: int = 3) -> dict[str, str]:
+    """Time every distinct depthwise conv of ``fast`` in NCHW and channels_last at the shape it sees for
+    ``example_input`` and set each ``FastBlock`` to the faster format. Returns {block name: format}."""
     blocks = dict(fast.named_modules())
     decided: dict[tuple, bool] = {}
     choice = {}
-    for name, shape in shapes.items():
+    for name, shape in _block_input_shapes(fast, example_input).items():
         block: FastBlock = blocks[name]
+        if block.dw_weight is None:
+            continue
         key = (shape, block.kernel_size)
         if key not in decided:
             x = torch.randn(shape, device=example_input.device, dtype=example_input.dtype)
-            timings = {}
-            for first in (True, False):
-                block.dw_channels_first = first
-                timings[first] = _median_seconds(block._dwconv, (x,), repeats)
-            decided[key] = min(timings, key=timings.get)
+            decided[key] = _fastest({True: (block._dwconv, (x, True)), False: (block._dwconv, (x, False))}, repeats)
         block.dw_channels_first = decided[key]
         choice[name] = "nchw" if decided[key] else "channels_last"
     return choice
+
+
+def choose_ffn_forms(fast: nn.Module, example_input: torch.Tensor, repeats: int = 3) -> dict[str, dict[str, str]]:
+    """Time the FFN forms of every distinct ``FastBlock`` shape of ``fast`` for ``example_input`` in eager mode
+    (``LINEAR_GELU_FORMS``, ``GRN_NORM_FORMS``, "weight" / "map" of ``GRN_SCALE_FORMS``) and set each block to
+    the fastest of each. Returns {block name: {"linear_gelu": form, "grn_norm": form, "grn_scale": form}}."""
+    blocks = dict(fast.named_modules())
+    decided: dict[tuple, dict[str, str]] = {}
+    choice = {}
+    kw = {"device": example_input.device, "dtype": example_input.dtype}
+    for name, shape in _block_input_shapes(fast, example_input).items():
+        block: FastBlock = blocks[name]
+        if shape not in decided:
+            b, h, w, c = shape
+            with torch.inference_mode():
+                ys, x = torch.randn(shape, **kw), torch.randn(shape, **kw)
+                linear_forms = LINEAR_GELU_FORMS if _onednn_fusable(ys) else ("linear_then_gelu",)
+                linear = _fastest({f: (block._linear_gelu, (ys, f)) for f in linear_forms}, repeats)
+                hidden = block._linear_gelu(ys, linear).reshape(b, h * w, block.w1.shape[0])
+                norm = _fastest({f: (block._grn_norms, (hidden, f)) for f in GRN_NORM_FORMS}, repeats)
+                grn = block._grn_scale(block._grn_norms(hidden, norm))
+                scale = _fastest({f: (block._ffn_out, (x, hidden, grn, f, True)) for f in ("weight", "map")}, repeats)
+            decided[shape] = {"linear_gelu": linear, "grn_norm": norm, "grn_scale": scale}
+        forms = decided[shape]
+        block.linear_gelu_form, block.grn_norm_form, block.grn_scale_form = (
+            forms["linear_gelu"], forms["grn_norm"], forms["grn_scale"])
+        choice[name] = dict(forms)
+    return choice
+
+
+def _max_error(got, expected) -> tuple[float, float]:
+    """(max |got - expected|, max |expected|) over a tensor or a (nested) tuple / list / dict of tensors."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ValueError(f"output shape {shape}, expected {tuple(expected.shape)}")
+        err = (got.float() - expected.float()).abs().max().item() if expected.numel() else 0.0
+        return err, (expected.float().abs().max().item() if expected.numel() else 0.0)
+    if isinstance(expected, (tuple, list)) and isinstance(got, (tuple, list)) and len(got) == len(expected):
+        pairs = list(zip(got, expected))
+    elif isinstance(expected, dict) and isinstance(got, dict) and got.keys() == expected.keys():
+        pairs = [(got[k], expected[k]) for k in expected]
+    else:
+        raise ValueError(f"output of type {type(got).__name__}, expected {type(expected).__name__}")
+    errs = [_max_error(g, e) for g, e in pairs]
+    return max((e for e, _ in errs), default=0.0), max((m for _, m in errs), default=0.0)
+
+
+class _Mismatch(RuntimeError):
+    pass
+
+
+def _check(fn, references: list[tuple[torch.Tensor, object]], rtol: float) -> None:
+    """Raise unless ``fn`` reproduces every (input, reference output) pair within ``rtol`` x max|reference|."""
+    for x, expected in references:
+        with torch.inference_mode():
+            got = fn(x)
+        err, scale = _max_error(got, expected)
+        if not err <= rtol * scale:  # also catches NaN
+            raise _Mismatch(
+                f"output differs from the original by {err:.3g} (> {rtol:g} x max|output| = {rtol * scale:.3g}) "
+                f"at input shape {tuple(x.shape)}"
+            )
+
+
+def _reason(error: Exception) -> str:
+    """A one-line account of why a candidate failed."""
+    if isinstance(error, _Mismatch):
+        return f"mismatch: {error}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " | ".join(lines[:3])
+    return f"{type(error).__name__}: {text[:400]}{'...' if len(text) > 400 else ''}"
 
 
 def optimize_for_inference(
@@ -292,37 +447,89 @@ def optimize_for_inference(
 ) -> nn.Module:
     """Return the fastest equivalent inference model for the device ``model`` is on (``model`` is untouched).
 
-    The copy is re-parameterized and rebuilt as ``FastUniRepLKNet`` (see the module docstring). With an
-    ``example_input``: each depthwise conv's memory format is chosen by timing, then the candidates ("eager",
-    "compile", "compile_frozen": see ``compile_model``) are timed and the fastest is returned, after checking
-    that its output equals the eval-mode original within ``rtol`` x max|output|; ``model.inference_choice``
-    records the choices.
-    Without one, the eager fast model with the default format (channels_last depthwise convs) is returned.
+    The copy is re-parameterized and rebuilt as ``FastUniRepLKNet`` (see the module docstring). Without an
+    ``example_input`` it is returned as is, with the default forms.
+
+    With one: the depthwise conv formats and FFN forms are chosen per block shape by timing; every candidate
+    ("eager", "compile", "compile_frozen": see ``compile_model``) is built, checked against the eval-mode
+    original on ``example_input`` and on a batch one larger (within ``rtol`` x max|output|), and the survivors
+    are timed on ``example_input`` in ``repeats`` interleaved rounds. A candidate that fails to build, compile,
+    run or match is dropped with a warning; the fastest of the rest is returned. If none is left, the eager fast
+    model is returned when it matches (with ``"fallback": True``); otherwise a ``RuntimeError`` names every
+    reason. The returned model's ``inference_choice`` records "chosen", "seconds", "rejected" ({candidate:
+    reason}), "fallback", "dw_formats", "ffn_forms" and "checked_shapes".
+
+    A compiled model recompiles for batch and input sizes it has not seen (up to Dynamo's
+    ``recompile_limit`` per forward; past it Dynamo runs the forward eagerly, with the same outputs).
     """
     unknown = set(candidates) - set(CANDIDATES)
     if unknown or not candidates:
         raise ValueError(f"candidates must be drawn from {CANDIDATES}, got {tuple(candidates)}")
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
-    was_training = model.training
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     fast = to_fast_model(model)
     if example_input is None:
         return fast
-    with torch.inference_mode():
-        reference = model.eval()(example_input)
-    model.train(was_training)
+    # another batch size: torch.compile specializes on the first shapes it sees and must recompile correctly
+    other = torch.cat([example_input, example_input[:1]])
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            model.eval()
+            references = [(x, model(x)) for x in (example_input, other)]
+    finally:
+        model.train(was_training)
+    # the first call of a compiled candidate compiles with a symbolic batch size where it can (a batch of 1 is
+    # specialized), so the other batch size reuses the graph instead of recompiling; a copy is marked
+    first = example_input.clone()
+    torch._dynamo.maybe_mark_dynamic(first, 0)
+    checks = [(first, references[0][1]), references[1]]
     formats = choose_dw_formats(fast, example_input, repeats)
-    options = {name: compile_model(fast, name) for name in CANDIDATES if name in candidates}
-    timings = {name: _median_seconds(m, (example_input,), repeats) for name, m in options.items()}
-    best = min(timings, key=timings.get)
-    chosen = options[best]
-    with torch.inference_mode():
-        out = chosen(example_input)
-    err = (out - reference).abs().max().item()
-    if err > rtol * reference.abs().max().item():
-        raise RuntimeError(f"optimized model ({best}) differs from the original by {err:.3g}; please report this")
-    chosen.inference_choice = {"chosen": best, "seconds": timings, "dw_formats": formats}
+    forms = choose_ffn_forms(fast, example_input, repeats)
+    built, rejected = {}, {}
+
+    def reject(name: str, error: Exception) -> None:
+        rejected[name] = _reason(error)
+        warnings.warn(f"optimize_for_inference: dropped candidate {name!r}: {rejected[name]}", RuntimeWarning,
+                      stacklevel=3)
+
+    for name in (c for c in CANDIDATES if c in candidates):
+        try:
+            candidate = compile_model(fast, name)
+            _check(candidate, checks, rtol)  # compiles (and recompiles if the other batch size needs it)
+            built[name] = candidate
+        except Exception as error:  # any failure drops the candidate, with its reason
+            reject(name, error)
+    seconds, errors = _round_robin_seconds({name: (m, (example_input,)) for name, m in built.items()}, repeats)
+    for name, error in errors.items():
+        reject(name, error)
+        del built[name]
+    fallback = not built
+    if fallback:
+        if "eager" in rejected:
+            raise RuntimeError(f"optimize_for_inference: every candidate failed: {rejected}")
+        try:
+            _check(fast, checks, rtol)
+        except Exception as error:
+            raise RuntimeError(
+                f"optimize_for_inference: every candidate failed ({rejected}) and so does the eager fast model: "
+                f"{_reason(error)}"
+            ) from error
+        built["eager"] = fast
+        best = "eager"
+    else:
+        best = min(seconds, key=seconds.get)
+    chosen = built[best]
+    chosen.inference_choice = {
+        "chosen": best, "seconds": seconds, "rejected": rejected, "fallback": fallback,
+        "dw_formats": formats, "ffn_forms": forms, "checked_shapes": [tuple(x.shape) for x, _ in references],
+    }
     return chosen
 
 
-__all__ = ["compile_model", "FastBlock", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model"]
+__all__ = [
+    "CANDIDATES", "GRN_NORM_FORMS", "GRN_SCALE_FORMS", "LINEAR_GELU_FORMS", "choose_dw_formats", "choose_ffn_forms",
+    "compile_model", "FastBlock", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model",
+]
