@@ -17,7 +17,7 @@ from modalities.audio.datamodule import BadAudioFileWarning, load_clip
 from modalities.audio.mini import MINI_ROOT
 
 SMALL = dict(words=("yes", "no", "up"), num_speakers=8, clips_per_speaker=2, num_val_speakers=2, num_test_speakers=2)
-NO_AUGMENT = dict(mixup=0.0, freq_mask=0, time_mask=0, noise_scale=0.0, roll_frames=0)
+NO_AUGMENT = dict(augment=dict(mixup=0.0, freq_mask=0, time_mask=0, noise_scale=0.0, roll_frames=0))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_workers_are_persistent_and_produce_the_same_items(mini_root):
 
 def test_augmentation_is_train_only(mini_root):
     torch.manual_seed(0)
-    dm = AudioDataModule(root=mini_root, mixup=0.6)  # paper-scale augmentation otherwise
+    dm = AudioDataModule(root=mini_root, augment={"mixup": 0.6})  # paper-scale augmentation otherwise
     dm.setup()
     val = dm.dataset("val")
     path, label = dm.split_files["val"][3]
@@ -124,7 +124,7 @@ def test_augmentation_is_train_only(mini_root):
 
 def test_mixup_soft_labels(mini_root):
     torch.manual_seed(1)
-    dm = AudioDataModule(root=mini_root, batch_size=24, **{**NO_AUGMENT, "mixup": 1.0})
+    dm = AudioDataModule(root=mini_root, batch_size=24, augment={**NO_AUGMENT["augment"], "mixup": 1.0})
     dm.setup("fit")
     _, y = next(iter(dm.train_dataloader()))
     torch.testing.assert_close(y.sum(1), torch.ones(len(y)))
@@ -211,10 +211,13 @@ def test_wrong_layout_fails_fast_with_the_expected_layout(tmp_path):
 def test_constructor_takes_plain_values_and_mini_root_logic(mini_root):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"root": str(mini_root), "classes": ["no", "yes"], "background_snr_db": [0, 10]})
+    cfg = OmegaConf.create({"root": str(mini_root), "classes": ["no", "yes"],
+                            "augment": {"background_snr_db": [0, 10]}})
     dm = AudioDataModule(**cfg)
-    assert dm.class_names == ["no", "yes"] and dm.augment_kwargs["background_snr_db"] == (0.0, 10.0)
+    assert dm.class_names == ["no", "yes"] and dm.augment["background_snr_db"] == (0.0, 10.0)
     assert dm.batch_size == 32
+    with pytest.raises(ValueError, match="unknown audio augmentation keys \\['freq_masks'\\]"):
+        AudioDataModule(root=mini_root, augment={"freq_masks": 4})
     assert AudioDataModule().build_mini and AudioDataModule().root == MINI_ROOT
     assert not AudioDataModule(root=mini_root).build_mini
     assert AudioDataModule(root=mini_root, build_mini=True).build_mini
@@ -222,7 +225,7 @@ def test_constructor_takes_plain_values_and_mini_root_logic(mini_root):
 
 def test_background_noise_mixing(mini_root):
     torch.manual_seed(0)
-    dm = AudioDataModule(root=mini_root, **NO_AUGMENT, background_noise_prob=1.0)
+    dm = AudioDataModule(root=mini_root, augment={**NO_AUGMENT["augment"], "background_noise_prob": 1.0})
     train = dm.dataset("train")
     assert len(train.background_noises) == 5
     plain = fbank_features(load_clip(train.files[0]), 16000)

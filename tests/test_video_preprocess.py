@@ -56,24 +56,18 @@ def _raw_reshape_by_index(frames: torch.Tensor, rows: int, cols: int) -> torch.T
     return out
 
 
-@pytest.mark.parametrize(
-    "num_frames, rows, cols", [(4, None, None), (9, None, None), (6, 2, 3), (6, 3, 2), (8, 2, None), (1, None, None)]
-)
-def test_grid_layout_matches_index_computation(num_frames, rows, cols):
+@pytest.mark.parametrize("layout, num_frames, rows, cols", [
+    *[("grid", *shape) for shape in [(4, None, None), (9, None, None), (6, 2, 3), (6, 3, 2), (8, 2, None),
+                                      (1, None, None)]],
+    *[("raw_reshape", *shape) for shape in [(4, None, None), (9, None, None), (6, 2, 3), (8, None, 4)]],
+])
+def test_layouts_match_index_computation(layout, num_frames, rows, cols):
     frames = _frames(2, num_frames, 3, 5)
     r, c = grid_shape(num_frames, rows, cols)
-    out = tile_frames(frames, "grid", rows, cols)
+    out = tile_frames(frames, layout, rows, cols)
     assert out.shape == (2, 3, r * 3, c * 5)
-    assert torch.equal(out, _grid_by_index(frames, r, c))
-
-
-@pytest.mark.parametrize("num_frames, rows, cols", [(4, None, None), (9, None, None), (6, 2, 3), (8, None, 4)])
-def test_raw_reshape_layout_matches_index_computation(num_frames, rows, cols):
-    frames = _frames(2, num_frames, 4, 3)
-    r, c = grid_shape(num_frames, rows, cols)
-    out = tile_frames(frames, "raw_reshape", rows, cols)
-    assert out.shape == (2, 3, r * 4, c * 3)
-    assert torch.equal(out, _raw_reshape_by_index(frames, r, c))
+    by_index = _grid_by_index if layout == "grid" else _raw_reshape_by_index
+    assert torch.equal(out, by_index(frames, r, c))
 
 
 def test_layouts_differ_and_keep_every_value():

@@ -509,51 +509,17 @@ def create_unireplknet(
     )
 
 
-@register_model
-def unireplknet_a(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("a", pretrained, **kwargs)
+def _register(variant: str) -> None:
+    """Register ``unireplknet_<variant>`` in timm (for ``timm.create_model`` users; ``core.create_backbone`` does
+    not go through the registry)."""
+
+    def entrypoint(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+        return create_unireplknet(variant, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = f"unireplknet_{variant}"
+    entrypoint.__doc__ = f"UniRepLKNet-{variant.upper()} (see ``create_unireplknet``)."
+    globals()[entrypoint.__name__] = register_model(entrypoint)
 
 
-@register_model
-def unireplknet_f(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("f", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_p(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("p", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_n(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("n", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_t(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("t", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_s(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("s", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_b(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("b", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_l(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("l", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_xl(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("xl", pretrained, **kwargs)
-
-
-@register_model
-def unireplknet_test(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return create_unireplknet("test", pretrained, **kwargs)
+for _variant in VARIANTS:
+    _register(_variant)

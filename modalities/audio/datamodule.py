@@ -40,6 +40,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
+from types import MappingProxyType
 from typing import Sequence
 
 import soundfile as sf
@@ -68,7 +69,27 @@ from .preprocess import (
     to_mono,
 )
 
+# the AST features (``fbank_features`` arguments); ``features`` overrides any of these keys
+FEATURE_DEFAULTS = MappingProxyType({
+    "num_mel_bins": NUM_MEL_BINS, "target_length": TARGET_LENGTH, "frame_length": FRAME_LENGTH_MS,
+    "frame_shift": FRAME_SHIFT_MS, "norm_mean": NORM_MEAN, "norm_std": NORM_STD,
+})
+# the paper-scale train augmentation (the AST recipe); ``augment`` overrides any of these keys
+AUGMENT_DEFAULTS = MappingProxyType({
+    "freq_mask": 48, "time_mask": 48, "noise_scale": 0.1, "roll_frames": 10, "mixup": 0.6, "mixup_alpha": 10.0,
+    "background_noise_prob": 0.0, "background_snr_db": (5.0, 20.0),
+})
+# every augmentation off: a dataset's default
+NO_AUGMENT = MappingProxyType({**AUGMENT_DEFAULTS, "freq_mask": 0, "time_mask": 0, "noise_scale": 0.0,
+                               "roll_frames": 0, "mixup": 0.0})
 _MAX_NAMED_WARNINGS = 20  # bad files named one by one; beyond that a single summary warning
+
+
+def _with_defaults(what: str, defaults: MappingProxyType, given: dict | None) -> dict:
+    unknown = sorted(set(given or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown audio {what} keys {unknown}; valid keys: {', '.join(defaults)}")
+    return {**defaults, **dict(given or {})}
 
 
 class BadAudioFileWarning(UserWarning):
@@ -168,15 +189,8 @@ class SpeechCommandsDataset(Dataset):
         sample_rate: int = SAMPLE_RATE,
         clip_seconds: float = 1.0,
         feature_kwargs: dict | None = None,
-        freq_mask: int = 0,
-        time_mask: int = 0,
-        noise_scale: float = 0.0,
-        roll_frames: int = 0,
-        mixup: float = 0.0,
-        mixup_alpha: float = 10.0,
+        augment: dict | None = None,
         background_noises: Sequence[Tensor] = (),
-        background_noise_prob: float = 0.0,
-        background_snr_db: tuple[float, float] = (5.0, 20.0),
         bad_inputs: BadInputCounter | None = None,
     ) -> None:
         if len(files) != len(labels):
@@ -190,14 +204,16 @@ class SpeechCommandsDataset(Dataset):
         self.feature_kwargs = dict(feature_kwargs or {})
         self.norm_mean = self.feature_kwargs.pop("norm_mean", NORM_MEAN)
         self.norm_std = self.feature_kwargs.pop("norm_std", NORM_STD)
-        self.spec_augment = SpecAugment(freq_mask, time_mask)
-        self.noise_scale = float(noise_scale)
-        self.roll_frames = int(roll_frames)
-        self.mixup = float(mixup)
-        self.mixup_alpha = float(mixup_alpha)
+        augment = {**NO_AUGMENT, **dict(augment or {})}
+        self.spec_augment = SpecAugment(int(augment["freq_mask"]), int(augment["time_mask"]))
+        self.noise_scale = float(augment["noise_scale"])
+        self.roll_frames = int(augment["roll_frames"])
+        self.mixup = float(augment["mixup"])
+        self.mixup_alpha = float(augment["mixup_alpha"])
         self.background_noises = list(background_noises)
-        self.background_noise_prob = float(background_noise_prob)
-        self.background_snr_db = (float(background_snr_db[0]), float(background_snr_db[1]))
+        self.background_noise_prob = float(augment["background_noise_prob"])
+        low, high = augment["background_snr_db"]
+        self.background_snr_db = (float(low), float(high))
         self.bad_inputs = bad_inputs  # shared with the DataLoader workers, or None
 
     def __len__(self) -> int:
@@ -253,7 +269,9 @@ class AudioDataModule(ModalityDataModule):
 
     ``root=None`` means the repository's mini dataset (``data/mini/audio``), built by ``prepare_data`` when missing
     (``build_mini=None`` = only for that root; True = build the mini at any root lacking it; False = never).
-    Relative roots are resolved against the current directory. Augmentation parameters apply to training only.
+    Relative roots are resolved against the current directory. ``features`` overrides keys of
+    ``FEATURE_DEFAULTS`` (the fbank features of every split), ``augment`` keys of ``AUGMENT_DEFAULTS`` (the
+    train-only augmentation).
     ``seed`` seeds the training shuffle and the DataLoader workers' RNG streams; with ``num_workers=0`` the
     augmentation draws from the global torch RNG (seed it, e.g. with ``lightning.seed_everything``).
     Splits ``train`` / ``val`` / ``test`` are the dataset's training set / ``validation_list.txt`` /
@@ -273,20 +291,8 @@ class AudioDataModule(ModalityDataModule):
         classes: Sequence[str] | None = None,
         sample_rate: int = SAMPLE_RATE,
         clip_seconds: float = 1.0,
-        num_mel_bins: int = NUM_MEL_BINS,
-        target_length: int = TARGET_LENGTH,
-        frame_length: float = FRAME_LENGTH_MS,
-        frame_shift: float = FRAME_SHIFT_MS,
-        norm_mean: float = NORM_MEAN,
-        norm_std: float = NORM_STD,
-        freq_mask: int = 48,
-        time_mask: int = 48,
-        noise_scale: float = 0.1,
-        roll_frames: int = 10,
-        mixup: float = 0.6,
-        mixup_alpha: float = 10.0,
-        background_noise_prob: float = 0.0,
-        background_snr_db: Sequence[float] = (5.0, 20.0),
+        features: dict | None = None,
+        augment: dict | None = None,
         seed: int = 0,
         build_mini: bool | None = None,
         mini_seed: int = 0,
@@ -302,25 +308,10 @@ class AudioDataModule(ModalityDataModule):
         self._classes = [str(c) for c in classes] if classes is not None else None
         self.sample_rate = int(sample_rate)
         self.clip_seconds = float(clip_seconds)
-        self.feature_kwargs = {
-            "target_sample_rate": self.sample_rate,
-            "num_mel_bins": int(num_mel_bins),
-            "target_length": int(target_length),
-            "frame_length": float(frame_length),
-            "frame_shift": float(frame_shift),
-            "norm_mean": float(norm_mean),
-            "norm_std": float(norm_std),
-        }
-        self.augment_kwargs = {
-            "freq_mask": int(freq_mask),
-            "time_mask": int(time_mask),
-            "noise_scale": float(noise_scale),
-            "roll_frames": int(roll_frames),
-            "mixup": float(mixup),
-            "mixup_alpha": float(mixup_alpha),
-            "background_noise_prob": float(background_noise_prob),
-            "background_snr_db": (float(background_snr_db[0]), float(background_snr_db[1])),
-        }
+        self.feature_kwargs = {"target_sample_rate": self.sample_rate,
+                               **_with_defaults("feature", FEATURE_DEFAULTS, features)}
+        self.augment = _with_defaults("augmentation", AUGMENT_DEFAULTS, augment)
+        self.augment["background_snr_db"] = tuple(float(db) for db in self.augment["background_snr_db"])
         self.seed = int(seed)
         self.validate_files = bool(validate_files)
 
@@ -361,11 +352,9 @@ class AudioDataModule(ModalityDataModule):
         }
         if split != "train":
             return SpeechCommandsDataset([f for f, _ in files], [y for _, y in files], self.num_classes, **common)
-        augment = dict(self.augment_kwargs)
-        augment["background_noises"] = self._background_noises() if augment["background_noise_prob"] > 0 else ()
-        return SpeechCommandsDataset(
-            [f for f, _ in files], [y for _, y in files], self.num_classes, train=True, **common, **augment
-        )
+        noises = self._background_noises() if self.augment["background_noise_prob"] > 0 else ()
+        return SpeechCommandsDataset([f for f, _ in files], [y for _, y in files], self.num_classes, train=True,
+                                     augment=self.augment, background_noises=noises, **common)
 
     def loader_options(self, split: str) -> dict:
         return {"generator": torch.Generator().manual_seed(self.seed)}
