@@ -199,9 +199,10 @@ class ModalityDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         counts = self.input_counts
-        if any(counts.values()):
-            log.warning("%s bad inputs after %s: %s", type(self).__name__, stage,
-                        ", ".join(f"{kind}={count}" for kind, count in counts.items()))
+        if any(counts.values()):  # a warning when inputs were skipped, else (repaired, padded, masked) info
+            (log.warning if self.skipped_inputs else log.info)(
+                "%s bad inputs after %s: %s", type(self).__name__, stage,
+                ", ".join(f"{kind}={count}" for kind, count in counts.items()))
 
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split``, set up on demand."""
