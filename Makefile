@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all install clean
+.PHONY: run test test-all install lab notebooks clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
+
+# JupyterLab from the project's environment, on localhost (open the printed URL; LAB_ARGS adds options)
+lab: $(STAMP)
+	$(VENV)/bin/jupyter-lab --notebook-dir=notebooks --ip=127.0.0.1 --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# re-execute every notebook in place (mini-budget runs, figures downscaled) and commit them
+notebooks: $(STAMP)
+	$(PY) -m experiments.notebooks
+	git add notebooks/*.ipynb && git commit -m "notebooks: re-executed with their outputs" notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) runs outputs multirun data/mini
