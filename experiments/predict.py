@@ -1,4 +1,5 @@
-"""Evaluate a saved checkpoint of a run with the deploy (re-parameterized) model on a data split.
+"""Evaluate a saved checkpoint of a run with the deploy (re-parameterized) model on a data split, or predict on
+your own files with it (``--files``).
 
     python experiments/predict.py runs/image/unireplknet_test/<time>/checkpoints/deploy.pt
     python experiments/predict.py runs/image/unireplknet_test/<time>/checkpoints/best.ckpt --split val
@@ -11,12 +12,35 @@ DataModule and task to build; ``--config`` points elsewhere. ``deploy.pt`` holds
 (``ClassificationTask.load_deploy``); a Lightning ``.ckpt`` holds the training structure, which is loaded and
 re-parameterized. Metrics (the task's ``test/*_deploy`` or ``val/*`` values) are printed and written as JSON
 (default ``<run dir>/predict_<split>.json``).
+
+Predicting on your own files (``--files``)::
+
+    python experiments/predict.py <run> --files a.wav b.flac           # audio: any sample rate, channels, length
+    python experiments/predict.py <run> --files cat.jpg dog.png --top-k 3 --json
+    python experiments/predict.py <run> --files clip.mp4 clip.avi     # video: the test split's clips x crops
+    python experiments/predict.py <run> --files chair.off lamp.ply cup.obj cloud.txt   # point clouds
+    python experiments/predict.py <run> --files table.csv [--out forecast.csv]         # time series
+
+Every file is read with the run's TEST preprocessing: the DataModule's ``read_input(path)`` (see
+``modalities.base.ModalityDataModule``; the DataModule is rebuilt from the run's config.yaml, whose data root
+must still be there for the class names). A classification run prints, per file, the top-k (``--top-k``,
+default 5) class names with their probabilities (``--json``: the same as JSON). A file that cannot be used is
+named on stderr with the reason and the others are still predicted; the exit code is 1 when any file failed.
+
+A time-series run takes wide tables (CSV or Parquet): a ``timestamp`` column and one column per station of the
+run's data (``station_0``, ``station_1`` ... for Corrformer's files, which have no station names; a wide-table
+run's own column names), in the data's stored units (x10 for Corrformer's files), with at least ``seq_len``
+hourly rows. The model forecasts the ``pred_len`` hours after the table's last row from its last ``seq_len``
+rows (the DataModule's window: ``regularize_hourly``, ``time_features``, ``pack_window``); the forecast, a
+``timestamp`` column and one column per station, is written to ``--out`` (default ``<table>_forecast.csv``
+next to the table) and its path printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +48,10 @@ import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import default_collate
 
 from experiments import harness
+from modalities.base import ModalityDataModule
 
 DEPLOY_FILE, BEST_FILE = "deploy.pt", "best.ckpt"
 
@@ -121,6 +147,131 @@ def predict(
     return record
 
 
+def _file_error(path: str | Path, error: Exception) -> str:
+    """One line naming the file and why it failed (the DataModule's UnreadableInputError already names it)."""
+    text = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return text if str(path) in text else f"{path}: {type(error).__name__}: {text}"
+
+
+@torch.inference_mode()
+def classify(task: L.LightningModule, inputs) -> torch.Tensor:
+    """Class probabilities of a batch, as the test loop scores it (its test-time augmentation, when the task
+    has one, averages the logits over the augmented copies)."""
+    augment = getattr(task, "test_time_augmentation", None)
+    logits = torch.stack([task(view) for view in augment(inputs)]).mean(dim=0) if augment else task(inputs)
+    return logits.float().softmax(dim=-1)
+
+
+def classify_files(task, datamodule, files: list[str | Path], top_k: int = 5) -> tuple[list[dict], list[dict]]:
+    """(predictions, errors): the top-k classes of every readable file, and what failed for the others."""
+    names = datamodule.class_names
+    if not names:
+        raise ValueError(f"{type(datamodule).__name__} has no class names: is this a classification run?")
+    k = max(1, min(int(top_k), len(names)))
+    predictions, errors = [], []
+    for path in files:
+        try:
+            probs = classify(task, default_collate([datamodule.read_input(path)]))[0]
+        except (ValueError, OSError, RuntimeError) as error:
+            errors.append({"file": str(path), "error": _file_error(path, error)})
+            continue
+        values, indices = probs.topk(k)
+        predictions.append({
+            "file": str(path),
+            "top_k": [{"class": names[i], "probability": float(v)} for v, i in zip(values.tolist(), indices.tolist())],
+        })
+    return predictions, errors
+
+
+def forecast_path(table: str | Path, out: str | Path | None = None) -> Path:
+    """Where a table's forecast goes: ``out``, else ``<table>_forecast.csv`` next to it."""
+    if out:
+        return Path(out)
+    table = Path(table)
+    stem = table.name.split(".")[0] if table.name.lower().endswith((".csv.gz", ".csv.bz2")) else table.stem
+    return table.with_name(f"{stem}_forecast.csv")
+
+
+def forecast_files(task, datamodule, files: list[str | Path], out: str | Path | None = None
+                   ) -> tuple[list[dict], list[dict]]:
+    """(forecasts, errors): every readable table's forecast written as CSV, and what failed for the others."""
+    if out and len(files) > 1:
+        raise ValueError("--out names one forecast file: give one table, or leave --out unset "
+                         "(each table's forecast then goes next to it as <table>_forecast.csv)")
+    import pandas as pd
+
+    stations = datamodule.station_ids()
+    forecasts, errors = [], []
+    for path in files:
+        try:
+            inputs, timestamps = datamodule.read_window(path)
+            with torch.inference_mode():
+                forecast = task(inputs.unsqueeze(0))[0].float().numpy()  # pred_len x D
+            frame = pd.DataFrame(forecast, columns=stations)
+            frame.insert(0, datamodule.time_column, timestamps.strftime("%Y-%m-%d %H:%M:%S"))
+            written = forecast_path(path, out)
+            frame.to_csv(written, index=False)
+        except (ValueError, OSError, RuntimeError) as error:
+            errors.append({"file": str(path), "error": _file_error(path, error)})
+            continue
+        forecasts.append({"file": str(path), "forecast": str(written), "steps": len(frame),
+                          "stations": len(stations), "first": str(timestamps[0]), "last": str(timestamps[-1])})
+    return forecasts, errors
+
+
+def predict_files(
+    path: str | Path,
+    files: list[str | Path],
+    top_k: int = 5,
+    fast: bool = False,
+    overrides: list[str] | None = None,
+    config: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict:
+    """Predict on the user's ``files`` with the checkpoint at ``path`` (file or run dir).
+
+    Returns ``{"checkpoint", "modality", "model", "predictions" (classification: file, top_k [{class,
+    probability}]) or "forecasts" (time series: file, forecast CSV ...), "errors" [{file, error}]}``.
+    """
+    if not files:
+        raise ValueError("--files needs at least one file")
+    checkpoint, run_dir = resolve_checkpoint(path)
+    cfg = load_run_config(run_dir, config, overrides)
+    datamodule = instantiate(cfg.data)
+    if type(datamodule).read_input is ModalityDataModule.read_input:
+        raise ValueError(f"{type(datamodule).__name__} does not read single input files (no read_input)")
+    datamodule.prepare_data()
+    task = load_deploy_task(cfg, checkpoint).eval()
+    harness.check_task_fits_data(task, datamodule)
+    if fast:
+        from core.backbones.fast import to_fast_model
+
+        task = to_fast_model(task)
+    record = {"checkpoint": str(checkpoint.resolve()), "modality": cfg.get("modality", {}).get("name"),
+              "model": "fast" if fast else "deploy"}
+    if hasattr(datamodule, "read_window"):  # a forecasting run
+        record["forecasts"], record["errors"] = forecast_files(task, datamodule, files, out)
+    else:
+        record["predictions"], record["errors"] = classify_files(task, datamodule, files, top_k)
+        if out:
+            Path(out).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def format_predictions(record: dict) -> str:
+    """The human-readable table: per file, rank / class / probability (or the forecast written)."""
+    lines = []
+    for item in record.get("predictions", []):
+        width = max(len(entry["class"]) for entry in item["top_k"])
+        lines.append(item["file"])
+        lines += [f"  {rank:>2}. {entry['class']:<{width}}  {entry['probability']:.4f}"
+                  for rank, entry in enumerate(item["top_k"], start=1)]
+    for item in record.get("forecasts", []):
+        lines.append(f"{item['file']}: forecast of {item['steps']} steps x {item['stations']} stations "
+                     f"({item['first']} .. {item['last']}) -> {item['forecast']}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="deploy.pt, a Lightning .ckpt, or a run directory")
@@ -128,15 +279,33 @@ def main(argv=None) -> dict:
     parser.add_argument("--fast", action="store_true", help="evaluate the fast inference structure instead")
     parser.add_argument("--override", nargs="*", default=[], help="config overrides key=value (e.g. data.root=...)")
     parser.add_argument("--config", default=None, help="the run's config.yaml (default: <run dir>/config.yaml)")
-    parser.add_argument("--out", default=None, help="metrics JSON (default: <run dir>/predict_<split>.json)")
+    parser.add_argument("--out", default=None,
+                        help="metrics JSON (default: <run dir>/predict_<split>.json); with --files: the forecast "
+                             "CSV of a time-series run (default: <table>_forecast.csv), the JSON record otherwise")
+    parser.add_argument("--files", nargs="+", default=None, metavar="FILE",
+                        help="predict on these files of the run's modality instead of evaluating a split")
+    parser.add_argument("--top-k", type=int, default=5, help="classes shown per file with --files (default 5)")
+    parser.add_argument("--json", action="store_true", help="with --files: print JSON instead of the table")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    record = predict(args.checkpoint, args.split, args.fast, args.override, args.config, args.out)
-    print(json.dumps(record, indent=1))
+    if args.files is None:
+        record = predict(args.checkpoint, args.split, args.fast, args.override, args.config, args.out)
+        print(json.dumps(record, indent=1))
+        return record
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    record = predict_files(args.checkpoint, args.files, args.top_k, args.fast, args.override, args.config, args.out)
+    if args.json:
+        print(json.dumps(record, indent=1))
+    elif text := format_predictions(record):
+        print(text)
+    for error in record["errors"]:
+        print(f"error: {error['error']}", file=sys.stderr)
+    record["exit_code"] = 1 if record["errors"] else 0
     return record
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main().get("exit_code", 0))

@@ -8,7 +8,10 @@ A modality's ``datamodule.py`` subclasses ``ModalityDataModule`` and supplies on
   ``build_mini`` is set;
 - ``bad_input_kinds``: the kinds of bad input it counts, each marked as skipped (the input never reached the
   model) or not (repaired, padded, masked);
-- ``check_root()``, ``read_class_names()`` and ``build_dataset(split)`` for splits ``train``, ``val``, ``test``.
+- ``check_root()``, ``read_class_names()`` and ``build_dataset(split)`` for splits ``train``, ``val``, ``test``;
+- ``read_input(path)``: one file of the user's (not from the dataset) -> one model input sample, made with the
+  test split's reading and transform (``experiments/predict.py --files``); it raises ``UnreadableInputError``
+  (a ValueError naming the file and what was expected) for a file it cannot use.
 
 The base provides the rest: the declared-``num_classes`` check, set-up per stage, the DataLoaders, the one
 bad-input policy (``report_bad_input``: a warning that names the file, a count shared with the DataLoader
@@ -28,6 +31,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import lightning as L
 import torch
@@ -68,6 +72,14 @@ def report_bad_input(
     warnings.warn(message, category, stacklevel=3)
     if counter is not None:
         counter.add(kind)
+
+
+class UnreadableInputError(ValueError):
+    """A user's input file (``ModalityDataModule.read_input``) cannot be used; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, expected: str, reason: str):
+        super().__init__(f"{path}: cannot use it: {reason} (expected {expected})")
+        self.path, self.expected, self.reason = str(path), expected, reason
 
 
 def collate_skipping_none(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +149,15 @@ class ModalityDataModule(L.LightningDataModule):
     def build_dataset(self, split: str) -> Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``), reporting bad inputs to ``self.bad_inputs``."""
         raise NotImplementedError
+
+    def read_input(self, path: str | os.PathLike) -> Any:
+        """One file of the user's -> one model input sample, exactly as the test split reads and transforms its
+        files (no label; batch it with ``default_collate([sample])``).
+
+        Raises ``UnreadableInputError`` (a ValueError) naming the file, why, and what was expected, when it
+        cannot be used. A modality without single-file inputs keeps this default.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not read single input files")
 
     def collate(self, split: str) -> Callable:
         """The DataLoader's collate function for ``split``."""
@@ -244,6 +265,7 @@ __all__ = [
     "BadInputCounter",
     "ModalityDataModule",
     "SPLITS",
+    "UnreadableInputError",
     "collate_skipping_none",
     "report_bad_input",
 ]

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from modalities.base import SPLITS, BadInputCounter, ModalityDataModule, report_bad_input
+from modalities.base import SPLITS, BadInputCounter, ModalityDataModule, UnreadableInputError, report_bad_input
 
 from . import mini
 from .preprocess import (
@@ -232,6 +232,12 @@ class SpeechCommandsDataset(Dataset):
                              f"{err}", BadAudioFileWarning)
             return None
 
+    def eval_features(self, waveform: Tensor) -> Tensor:
+        """The T x F features of a loaded val / test clip (``load_clip``'s output; no augmentation)."""
+        return fbank_features(
+            waveform, self.sample_rate, norm_mean=self.norm_mean, norm_std=self.norm_std, **self.feature_kwargs
+        )
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | None:
         with _one_thread():
             return self._item(index)
@@ -242,10 +248,7 @@ class SpeechCommandsDataset(Dataset):
             return None  # dropped from its batch by the collate function
         target = self.one_hot(self.labels[index])
         if not self.train:
-            features = fbank_features(
-                waveform, self.sample_rate, norm_mean=self.norm_mean, norm_std=self.norm_std, **self.feature_kwargs
-            )
-            return features, target
+            return self.eval_features(waveform), target
 
         if self.background_noises and torch.rand(()) < self.background_noise_prob:
             noise = self.background_noises[int(torch.randint(len(self.background_noises), ()))]
@@ -344,12 +347,7 @@ class AudioDataModule(ModalityDataModule):
         files = self.split_files[split]
         if not files:
             raise ValueError(f"the {split} split of {self.root} has no usable files for classes {self.class_names}")
-        common = {
-            "sample_rate": self.sample_rate,
-            "clip_seconds": self.clip_seconds,
-            "feature_kwargs": self.feature_kwargs,
-            "bad_inputs": self.bad_inputs,
-        }
+        common = self._dataset_options()
         if split != "train":
             return SpeechCommandsDataset([f for f, _ in files], [y for _, y in files], self.num_classes, **common)
         noises = self._background_noises() if self.augment["background_noise_prob"] > 0 else ()
@@ -358,6 +356,29 @@ class AudioDataModule(ModalityDataModule):
 
     def loader_options(self, split: str) -> dict:
         return {"generator": torch.Generator().manual_seed(self.seed)}
+
+    def read_input(self, path: str | os.PathLike) -> Tensor:
+        """One audio file (any sample rate, channels and length) -> its T x F features, as the test split makes
+        them: downmixed, resampled, padded / centre-cut to ``clip_seconds``, log-mel, normalized."""
+        expected = "an audio file soundfile can read, e.g. wav or flac"
+        reason = check_audio_file(path) if os.path.exists(path) else "no such file"
+        if reason is not None:
+            raise UnreadableInputError(path, expected, reason)
+        dataset = SpeechCommandsDataset([str(path)], [0], 1, **self._dataset_options())
+        try:
+            with _one_thread():
+                return dataset.eval_features(load_clip(path, self.sample_rate, self.clip_seconds))
+        except Exception as err:  # soundfile / resampling errors past the header check
+            raise UnreadableInputError(path, expected, f"{type(err).__name__}: {err}") from err
+
+    def _dataset_options(self) -> dict:
+        """The SpeechCommandsDataset arguments every split shares (reading and features)."""
+        return {
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "feature_kwargs": self.feature_kwargs,
+            "bad_inputs": self.bad_inputs,
+        }
 
     # ------------------------------------------------------------------ metadata
 

@@ -12,8 +12,9 @@ import os
 from typing import Any, Sequence
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
-from modalities.base import BadInputCounter, ModalityDataModule, report_bad_input
+from modalities.base import BadInputCounter, ModalityDataModule, UnreadableInputError, report_bad_input
 from modalities.image import mini, preprocess
 
 DATASET_HELP = """\
@@ -27,6 +28,9 @@ set works too if it is laid out as ImageFolder directories:
 ImageNet's validation archive is flat: sort it into one folder per class (the ILSVRC-2012 devkit's
 ground truth, or the widely used valprep.sh) before training.
 Point data.root at the dataset, or use data=image_mini for the generated offline mini set."""
+
+
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for corrupt / truncated files
 
 
 class UnreadableImageWarning(UserWarning):
@@ -55,7 +59,7 @@ class SkippingImageFolder(ImageFolder):
             image = self.loader(path)
             if self.transform is not None:
                 image = self.transform(image)
-        except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for corrupt / truncated files
+        except IMAGE_ERRORS as error:
             report_bad_input(self.bad_inputs, "unreadable_images", f"skipping unreadable image {path}: {error}",
                              UnreadableImageWarning)
             return None
@@ -116,6 +120,14 @@ class ImageDataModule(ModalityDataModule):
         self._check_split(self.splits[split])
         transform = self.train_transform() if split == "train" else self.eval_transform()
         return SkippingImageFolder(self.root / self.splits[split], self.class_names, transform, self.bad_inputs)
+
+    def read_input(self, path: str | os.PathLike):
+        """One image file (jpg, png, ... anything PIL reads) -> the 3 x s x s tensor of the eval transform."""
+        try:
+            return self.eval_transform()(default_loader(str(path)))  # ImageFolder's loader: PIL, RGB
+        except IMAGE_ERRORS as error:
+            raise UnreadableInputError(path, "an image file PIL can read, e.g. jpg or png",
+                                       f"{type(error).__name__}: {error}") from error
 
     def train_transform(self):
         return preprocess.train_transform(self.image_size, **self.augment)

@@ -39,13 +39,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from modalities.base import BadInputCounter, ModalityDataModule, report_bad_input
+from modalities.base import BadInputCounter, ModalityDataModule, UnreadableInputError, report_bad_input
 from modalities.pointcloud import mini, preprocess
 from modalities.pointcloud.preprocess import import_open3d
 
 FORMATS = ("auto", "off", "resampled")
 SHAPE_NAMES = "modelnet40_shape_names.txt"
 SPLIT_LISTS = MappingProxyType({"train": "modelnet40_train.txt", "test": "modelnet40_test.txt"})
+MESH_SUFFIXES = (".off", ".ply", ".obj")  # single input files (read_input): meshes open3d reads
+TEXT_SUFFIXES = (".txt",)  # ... and "x,y,z[,...]" text clouds
+EVAL_SAMPLING = "fps"  # val / test clouds: fixed (farthest-point) samples for stable scores
 
 DATASET_HELP = """\
 point-cloud dataset not found or incomplete: {missing}.
@@ -402,13 +405,32 @@ class PointCloudDataModule(ModalityDataModule):
         train = split == "train"
         transform = preprocess.PointCloudAugment(**self.augment) if train and self.augment else None
         # random sampling draws new points each time; evaluation keeps them fixed (FPS) for stable scores
-        sampling = self.sampling if train else "fps"
-        if self._resolved_format() == "resampled":
-            load, tag = load_text_points, "resampled"
-        else:  # the sampled surface points depend on their number and seed: one cache per setting
-            load, tag = _MeshLoader(self.mesh_points, self.mini_seed), f"mesh{self.mesh_points}_seed{self.mini_seed}"
+        sampling = self.sampling if train else EVAL_SAMPLING
+        load, tag = self._points_loader(self._resolved_format())
         cache = self.cache_dir / tag if self.cache_dir is not None else None
         return PointCloudDataset(samples, load, self.num_points, sampling, transform, cache, self.root, self.bad_inputs)
+
+    def read_input(self, path: str | os.PathLike) -> torch.Tensor:
+        """One mesh (``.off``, ``.ply``, ``.obj``) or text cloud (``.txt``, one ``x,y,z[,...]`` line per point) ->
+        its ``num_points x 3`` cloud, read, cleaned, normalized and sampled as the test split's files are."""
+        path = Path(path)
+        expected = f"a mesh ({', '.join(MESH_SUFFIXES)}) or a text cloud (.txt, one x,y,z[,...] line per point)"
+        suffix = path.suffix.lower()
+        if suffix not in MESH_SUFFIXES + TEXT_SUFFIXES:
+            raise UnreadableInputError(path, expected, f"unknown point-cloud file type {suffix or '(none)'!r}")
+        load, _ = self._points_loader("resampled" if suffix in TEXT_SUFFIXES else "off")
+        dataset = PointCloudDataset([], load, self.num_points, EVAL_SAMPLING)  # no cache: a one-off file
+        try:
+            return dataset.points(path)
+        except (PointCloudUnusable, OSError, ValueError) as error:
+            raise UnreadableInputError(path, expected, str(error)) from error
+
+    def _points_loader(self, format: str) -> tuple[Callable[[Path], np.ndarray], str]:
+        """The raw-points reader of a format (``off``: meshes, ``resampled``: text) and its cache tag."""
+        if format == "resampled":
+            return load_text_points, "resampled"
+        # the sampled surface points depend on their number and seed: one cache per setting
+        return _MeshLoader(self.mesh_points, self.mini_seed), f"mesh{self.mesh_points}_seed{self.mini_seed}"
 
     # --- helpers --------------------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from modalities.base import ModalityDataModule
+from modalities.base import ModalityDataModule, UnreadableInputError
 
 from . import mini
 from .preprocess import (
@@ -103,6 +103,7 @@ class StationSeriesDataModule(ModalityDataModule):
 
     in_chans = 1
     mini = mini
+    time_column = "timestamp"  # the timestamp column of a wide table (read_input); WideTableDataModule's argument
     # windows are never dropped: gaps become NaN rows that the task masks out
     bad_input_kinds = {"missing_values": False, "inserted_steps": False}
     drop_last_train = False
@@ -153,6 +154,69 @@ class StationSeriesDataModule(ModalityDataModule):
 
     def read_class_names(self) -> None:
         return None  # a forecasting task has no classes
+
+    def station_ids(self) -> list[str]:
+        """The stations' names in series order (the column names ``read_input`` looks for); files without names
+        (Corrformer's) get ``station_0``, ``station_1`` ... in their stored order."""
+        return [f"station_{i}" for i in range(self.num_series)]
+
+    # --- a user's table -> the model input of the next forecast ---------------------------------------------
+
+    def read_input(self, path: str | os.PathLike) -> Tensor:
+        """A wide table (see ``read_window``) -> the packed model input forecasting the steps after its last row."""
+        return self.read_window(path)[0]
+
+    def read_window(self, path: str | os.PathLike) -> tuple[Tensor, pd.DatetimeIndex]:
+        """A wide table (CSV or Parquet: the ``time_column`` and one column per station of ``station_ids()``, in the
+        data's stored units; other columns are ignored) -> (the packed (seq_len + pred_len) x (D + 4) input of the
+        window whose x is the table's last ``seq_len`` steps, the ``pred_len`` timestamps after its last row).
+
+        The table is read like the data: sorted by time, put on the hourly grid (absent steps are NaN, which the
+        model fills), values that are not numbers are NaN; the window is made by ``WindowDataset``.
+        """
+        path = Path(path)
+        ids = self.station_ids()
+        expected = (f"a CSV or Parquet table with a {self.time_column!r} column and one column per station of the "
+                    f"run ({len(ids)}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}) and at least "
+                    f"seq_len={self.seq_len} {self.freq!r} steps")
+        try:
+            frame = self._read(path)
+        except (OSError, ValueError, ImportError) as error:  # missing, not a table, no Parquet engine
+            raise UnreadableInputError(path, expected, f"{type(error).__name__}: {error}") from error
+        frame.columns = [str(c) for c in frame.columns]
+        if self.time_column not in frame.columns:
+            columns = list(frame.columns)[:8]
+            raise UnreadableInputError(path, expected, f"no {self.time_column!r} column (columns: {columns})")
+        missing = [s for s in ids if s not in frame.columns]
+        if missing:
+            reason = f"{len(missing)} of the run's {len(ids)} stations are missing, e.g. {missing[:5]}"
+            raise UnreadableInputError(path, expected, reason)
+        try:
+            timestamps = parse_timestamps(frame[self.time_column], f"{path.name}:{self.time_column}")
+            values = frame[ids].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+            order = np.argsort(timestamps.to_numpy(), kind="stable")
+            values, timestamps, _ = regularize_hourly(values[order], timestamps[order], self.freq, path.name)
+        except ValueError as error:
+            raise UnreadableInputError(path, expected, str(error)) from error
+        if len(values) < self.seq_len:
+            raise UnreadableInputError(path, expected, f"{len(values)} time steps, fewer than seq_len={self.seq_len}")
+        future = pd.date_range(timestamps[-1], periods=self.pred_len + 1, freq=self.freq)[1:]
+        window = np.concatenate([values[-self.seq_len :], np.full((self.pred_len, len(ids)), np.nan, np.float32)])
+        marks = time_features(timestamps[-self.seq_len :].append(future))
+        inputs, _ = WindowDataset(window, marks, self.seq_len, self.pred_len)[0]
+        return inputs, future
+
+    @staticmethod
+    def _read(path: Path, header_only: bool = False) -> pd.DataFrame:
+        """A CSV (``.csv``, ``.csv.gz`` ...) or Parquet (``.parquet``, ``.pq``) table."""
+        if not path.is_file():
+            raise FileNotFoundError(f"missing file {path}")
+        if path.name.lower().endswith((".parquet", ".pq")):
+            try:
+                return pd.read_parquet(path)
+            except ImportError as error:
+                raise ImportError(f"reading {path.name} needs a Parquet engine such as pyarrow: {error}") from error
+        return pd.read_csv(path, nrows=0 if header_only else None)
 
     # --- model-facing attributes --------------------------------------------------------------------------
 
@@ -352,18 +416,6 @@ class WideTableDataModule(StationSeriesDataModule):
             raise ValueError(f"split_fractions must be three positive fractions summing to 1, got {split_fractions}")
         self.split_fractions = fractions
         self._station_ids: list[str] | None = None
-
-    @staticmethod
-    def _read(path: Path, header_only: bool = False) -> pd.DataFrame:
-        """A CSV (``.csv``, ``.csv.gz`` ...) or Parquet (``.parquet``, ``.pq``) table."""
-        if not path.is_file():
-            raise FileNotFoundError(f"missing file {path}")
-        if path.name.lower().endswith((".parquet", ".pq")):
-            try:
-                return pd.read_parquet(path)
-            except ImportError as error:
-                raise ImportError(f"reading {path.name} needs a Parquet engine such as pyarrow: {error}") from error
-        return pd.read_csv(path, nrows=0 if header_only else None)
 
     def station_ids(self) -> list[str]:
         """The station columns of the series table, in table order."""

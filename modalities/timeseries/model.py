@@ -50,6 +50,7 @@ Deliberate simplifications versus Corrformer (documented here, kept minimal):
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -58,6 +59,8 @@ from torch import Tensor, nn
 
 from .adapter import NodeEmbedding, check_nodes, from_nodes, to_nodes
 from .preprocess import NUM_TIME_FEATURES, WindowNorm, unpack_inputs
+
+log = logging.getLogger(__name__)
 
 
 # --- the Corrformer-style decoder -------------------------------------------------------------------------
@@ -247,6 +250,38 @@ class CorrDecoder(nn.Module):
 
 DECODER_INITS = ("mean", "last_period")
 
+# stations per node of the paper's grouping (3850 = 350 x 11) and of the mini recipe (66 = 6 x 11)
+STATIONS_PER_NODE = 11
+
+
+def auto_num_nodes(num_series: int, stations_per_node: int = STATIONS_PER_NODE) -> int:
+    """The node count n for D stations: the divisor of D whose node size D / n is closest to 11 stations.
+
+    11 stations per node is the paper's grouping (3850 = 350 x 11) and the mini recipe's (66 = 6 x 11); the rule
+    reproduces both hand-set values. A tie goes to the larger nodes (fewer nodes: the backbone runs once per
+    node, so fewer nodes cost less). Examples: 66 -> 6, 3850 -> 350, 12 -> 1 (one node of 12), 24 -> 2 (12 each),
+    22 -> 2, 100 -> 10. A prime D leaves only 1 and D: one node of all stations up to D = 19, one station per node
+    from 23 on; set ``num_nodes`` yourself, or drop / add a station, if neither suits.
+    """
+    if num_series < 1:
+        raise ValueError(f"need at least one station, got num_series={num_series}")
+    divisors = [n for n in range(1, num_series + 1) if num_series % n == 0]
+    return min(divisors, key=lambda n: (abs(num_series / n - stations_per_node), n))
+
+
+def resolve_num_nodes(num_series: int, num_nodes: int | str | None) -> int:
+    """``num_nodes`` as given (it must divide D, checked by the embedding), or ``auto_num_nodes(D)`` for
+    ``None`` / ``"auto"``."""
+    if num_nodes is None or (isinstance(num_nodes, str) and num_nodes.lower() == "auto"):
+        derived = auto_num_nodes(num_series)
+        log.info("num_nodes derived from %d stations: %d nodes of %d stations (the node size closest to %d)",
+                 num_series, derived, num_series // derived, STATIONS_PER_NODE)
+        return derived
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
+        raise ValueError(f"num_nodes must be a positive integer dividing the {num_series} stations, null or 'auto'; "
+                         f"got {num_nodes!r}")
+    return num_nodes
+
 
 class FeaturesToSequence(nn.Module):
     """Backbone features -> N x L x D' memory: the h w feature tokens plus the pooled feature vector as one more
@@ -290,7 +325,8 @@ class UniRepLKNetForecaster(nn.Module):
         backbone: a feature backbone (``core.create_backbone(..., num_classes=0)``) taking C' channels.
         num_series: D stations. seq_len, label_len, pred_len: L, the decoder's known steps, P.
         num_time_features: F calendar features. series_coords: D x 3 (lat, lon, altitude).
-        num_nodes: n, must divide D. d_model: D'.
+        num_nodes: n, must divide D; ``None`` or ``"auto"``: derived from D by ``auto_num_nodes`` (the divisor giving
+            nodes of about 11 stations, the paper's grouping). ``self.num_nodes`` holds the value used. d_model: D'.
         n_heads, d_ff, d_layers, moving_avg, factor, temporal_heads: decoder (see ``CorrDecoder``).
         dropout: embedding and decoder dropout.
         decoder_init: how the decoder's P future steps start (see ``decoder_inputs``): ``mean`` (Corrformer's) or
@@ -308,7 +344,7 @@ class UniRepLKNetForecaster(nn.Module):
         pred_len: int,
         series_coords,
         num_time_features: int = NUM_TIME_FEATURES,
-        num_nodes: int = 1,
+        num_nodes: int | str | None = 1,
         d_model: int = 64,
         n_heads: int = 4,
         d_ff: int = 256,
@@ -328,6 +364,7 @@ class UniRepLKNetForecaster(nn.Module):
         if decoder_init == "last_period" and not 0 < period <= seq_len:
             raise ValueError(f"period={period} must be in [1, seq_len={seq_len}]")
         self.decoder_init, self.period = decoder_init, period
+        num_nodes = resolve_num_nodes(num_series, num_nodes)
         self.num_series, self.num_nodes = num_series, num_nodes
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         per_node = check_nodes(num_series, num_nodes)

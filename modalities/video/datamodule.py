@@ -44,7 +44,7 @@ from timm.data import Mixup
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-from modalities.base import BadInputCounter, ModalityDataModule, report_bad_input
+from modalities.base import BadInputCounter, ModalityDataModule, UnreadableInputError, report_bad_input
 from modalities.video import mini
 from modalities.video.preprocess import (
     EvalClipTransform,
@@ -202,27 +202,37 @@ class VideoClipDataset(Dataset):
             return train_indices(length, self.num_frames, self.sampling_rate)[None], padded
         return eval_indices(length, self.num_frames, self.sampling_rate, self.num_clips), padded
 
+    def read(self, path: str | os.PathLike) -> tuple[Tensor, bool]:
+        """One video file -> (its clip, or its V views, as an item's input; whether it was padded).
+
+        Raises one of ``DECODE_ERRORS`` for a video that cannot be decoded.
+        """
+        frames, clip_index, padded = decode_frames(path, self._indices)
+        if self.train:
+            return self.transform(as_video(frames[clip_index[0]])), padded
+        views = torch.cat([self.transform(as_video(frames[indices])) for indices in clip_index])
+        return (views[0] if len(views) == 1 else views), padded
+
+    def short_message(self, path: str | os.PathLike) -> str:
+        return (f"video {path} is shorter than the {self.num_frames} x {self.sampling_rate} frame window: "
+                "padded with its last frame")
+
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
         path, label = self.samples[index]
         try:
-            frames, clip_index, padded = decode_frames(path, self._indices)
+            clip, padded = self.read(path)
         except DECODE_ERRORS as error:
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            report_bad_input(self.bad_inputs, "skipped_videos", f"skipping unreadable video {path}: {reason}",
-                             UnreadableVideoWarning)
+            report_bad_input(self.bad_inputs, "skipped_videos",
+                             f"skipping unreadable video {path}: {decode_error_reason(error)}", UnreadableVideoWarning)
             return None
         if padded:
-            report_bad_input(
-                self.bad_inputs,
-                "padded_clips",
-                f"video {path} is shorter than the {self.num_frames} x {self.sampling_rate} frame window: "
-                "padded with its last frame",
-                ShortClipWarning,
-            )
-        if self.train:
-            return self.transform(as_video(frames[clip_index[0]])), label
-        views = torch.cat([self.transform(as_video(frames[indices])) for indices in clip_index])
-        return (views[0] if len(views) == 1 else views), label
+            report_bad_input(self.bad_inputs, "padded_clips", self.short_message(path), ShortClipWarning)
+        return clip, label
+
+
+def decode_error_reason(error: Exception) -> str:
+    """The last line of a decoder error (decord's messages carry a long C++ trace before it)."""
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
 
 
 class ClipCollate:
@@ -346,7 +356,25 @@ class VideoDataModule(ModalityDataModule):
         return [str(i) for i in range(count)]
 
     def build_dataset(self, split: str) -> VideoClipDataset:
-        samples = self._samples(split)
+        return self.clip_dataset(split, self._samples(split))
+
+    def read_input(self, path: str | os.PathLike) -> Tensor:
+        """One video file (mp4, avi, ... anything decord decodes) -> its test-split views (V x N_F x 3 x s x s, or
+        N_F x 3 x s x s for one view): the test split's clip sampling and ``EvalClipTransform``."""
+        expected = "a video file decord can decode, e.g. mp4 or avi"
+        if not os.path.isfile(path):
+            raise UnreadableInputError(path, expected, "no such file")
+        dataset = self.clip_dataset("test", [(path, 0)])
+        try:
+            clip, padded = dataset.read(path)
+        except DECODE_ERRORS as error:
+            raise UnreadableInputError(path, expected, decode_error_reason(error)) from error
+        if padded:
+            warnings.warn(dataset.short_message(path), ShortClipWarning, stacklevel=2)
+        return clip
+
+    def clip_dataset(self, split: str, samples: Sequence[tuple[str | os.PathLike, int]]) -> VideoClipDataset:
+        """A dataset of ``samples`` with ``split``'s sampling and transform."""
         if split == "train":
             transform = TrainClipTransform(self.frame_size, **self.augment)
             return VideoClipDataset(samples, self.num_frames, self.sampling_rate, transform, True, 1, self.bad_inputs)
