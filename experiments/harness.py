@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import core
 from core.backbones import unireplknet
 from core.tasks import count_parameters
-from experiments.callbacks import RunStats
+from experiments.callbacks import RunStats, evaluate_ema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RESULTS_FILE = "results.json"
@@ -179,12 +179,14 @@ def _max_logit_diff(trained: torch.nn.Module, task, datamodule) -> float | None:
 def test_and_deploy(trainer: L.Trainer, task, datamodule, run_dir: Path, deploy: bool = True) -> dict:
     """Test the best checkpoint; then re-parameterize, test again and save the deploy weights.
 
-    Returns the test metrics of both passes (``test/acc`` and ``test/acc_deploy`` ...), the parameter counts
+    Returns the test metrics of both passes (``test/acc`` and ``test/acc_deploy`` ...; with the ``WeightEMA``
+    callback also those of the EMA weights of the tested checkpoint, ``test/acc_ema`` ...), the parameter counts
     of both structures and the deploy equivalence check (max |logit difference| on one test batch).
     """
     best = _best_checkpoint(trainer)
     out: dict[str, Any] = {"tested_checkpoint": best}
     out.update(trainer.test(task, datamodule=datamodule, ckpt_path=best)[0])
+    out.update(evaluate_ema(trainer, task, datamodule))  # test/acc_ema ... when the WeightEMA callback is on
     out["params_train"] = count_parameters([task])
     if not deploy or not hasattr(task, "reparameterize"):
         return out
