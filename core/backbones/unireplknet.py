@@ -316,6 +316,16 @@ class UniRepLKNet(nn.Module):
                 f"UniRepLKNet expects a B x {self.in_chans} x H x W input (in_chans={self.in_chans}), "
                 f"got a tensor of shape {tuple(x.shape)}"
             )
+        # Five stride-2 convolutions (padding 1) leave a ceil(H/32) x ceil(W/32) stage-4 map. Any size runs in
+        # eval mode (a 13 x 13 kernel on a 1 x 4 map is just zero padding), but BatchNorm cannot train on one
+        # value per channel: say so, with the way out, instead of BatchNorm's bare message deep inside stage 4.
+        h, w = -(-x.shape[2] // 32), -(-x.shape[3] // 32)
+        if self.training and x.shape[0] * h * w < 2 and any(isinstance(m, nn.BatchNorm2d) for m in self.modules()):
+            raise ValueError(
+                f"a batch of {x.shape[0]} input of {x.shape[2]} x {x.shape[3]} leaves a {h} x {w} stage-4 map: one "
+                "value per channel, on which BatchNorm cannot train; use a batch of 2 or more, or inputs of at "
+                "least 33 px on one side (eval mode takes any size)"
+            )
 
     def forward_intermediates(
         self,
