@@ -16,7 +16,7 @@ from modalities.audio import AudioDataModule, build_mini, fbank_features
 from modalities.audio.datamodule import BadAudioFileWarning, load_clip
 from modalities.audio.mini import MINI_ROOT
 
-SMALL = dict(words=("yes", "no", "up"), num_speakers=8, clips_per_speaker=2, num_val_speakers=2, num_test_speakers=2)
+SMALL = dict(words=("yes", "no", "up"), num_speakers=8, clips_per_speaker=2, num_val_variants=2, num_test_variants=2)
 NO_AUGMENT = dict(augment=dict(mixup=0.0, freq_mask=0, time_mask=0, noise_scale=0.0, roll_frames=0))
 
 
@@ -120,6 +120,36 @@ def test_augmentation_is_train_only(mini_root):
     # With every augmentation switched off, a training item is the plain features too.
     quiet = AudioDataModule(root=mini_root, **NO_AUGMENT)
     torch.testing.assert_close(quiet.dataset("train")[2][0], plain, rtol=0, atol=0)
+
+
+def test_speaker_augmentation_options(mini_root):
+    """speed / vtln_warp: off by default, [low, high] draws per item (train only), bad ranges refused by name."""
+    torch.manual_seed(0)
+    dm = AudioDataModule(root=mini_root, augment={**NO_AUGMENT["augment"], "speed": [0.8, 1.2],
+                                                  "vtln_warp": (0.85, 1.15)})
+    assert dm.augment["speed"] == (0.8, 1.2) and AudioDataModule(root=mini_root).augment["speed"] is None
+    train = dm.dataset("train")
+    path, _ = dm.split_files["train"][1]
+    plain = fbank_features(load_clip(path), 16000)
+    draws = [train[1][0] for _ in range(3)]
+    assert all(d.shape == plain.shape and (d - plain).abs().mean() > 0.01 for d in draws)
+    assert not torch.equal(draws[0], draws[1])
+    torch.testing.assert_close(dm.dataset("val")[1][0], fbank_features(load_clip(dm.split_files["val"][1][0]),
+                                                                         16000), rtol=0, atol=0)
+    for bad in ([1.2, 0.8], [0.0, 1.0], 1.1, ["a", "b"]):
+        with pytest.raises(ValueError, match=r"augment.speed must be null or \[low, high\]"):
+            AudioDataModule(root=mini_root, augment={"speed": bad})
+
+
+def test_clip_norm_in_every_split(mini_root):
+    dm = AudioDataModule(root=mini_root, features={"clip_norm": True}, augment={"freq_mask": 8, "mixup": 0.0})
+    dm.setup()
+    path, _ = dm.split_files["val"][0]
+    val = dm.dataset("val")[0][0]
+    torch.testing.assert_close(val, fbank_features(load_clip(path), 16000, clip_norm=True), rtol=0, atol=0)
+    assert abs(float(val.mean())) < 1e-4  # the clip's own statistics, not the dataset's
+    train = dm.dataset("train")[0][0]
+    assert torch.isfinite(train).all() and train.shape == val.shape
 
 
 def test_mixup_soft_labels(mini_root):

@@ -13,6 +13,7 @@ from modalities.audio import build_mini
 from modalities.audio.mini import (
     BACKGROUND_DIR,
     MANIFEST,
+    RESERVED_VARIANTS,
     VOICE_VARIANTS,
     _voiced_span,
     is_complete,
@@ -20,7 +21,7 @@ from modalities.audio.mini import (
     split_speakers,
 )
 
-SMALL = dict(words=("yes", "no", "up"), num_speakers=8, clips_per_speaker=2, num_val_speakers=2, num_test_speakers=2)
+SMALL = dict(words=("yes", "no", "up"), num_speakers=8, clips_per_speaker=2, num_val_variants=2, num_test_variants=2)
 NAME = re.compile(r"^([0-9a-f]{8})_nohash_(\d+)\.wav$")
 
 
@@ -67,7 +68,7 @@ def test_clips_hold_speech_above_the_noise(small_mini):
     assert not np.allclose(a, b)
 
 
-def test_splits_are_speaker_disjoint(small_mini):
+def test_splits_are_speaker_and_variant_disjoint(small_mini):
     base = base_of(small_mini)
     speaker = lambda line: NAME.match(line.split("/")[1]).group(1)  # noqa: E731
     val = read_list(base / "validation_list.txt")
@@ -78,6 +79,11 @@ def test_splits_are_speaker_disjoint(small_mini):
     assert len(val) == 2 * per_clip and len(test) == 2 * per_clip and len(train) == 4 * per_clip
     groups = [{speaker(x) for x in split} for split in (train, val, test)]
     assert groups[0].isdisjoint(groups[1]) and groups[0].isdisjoint(groups[2]) and groups[1].isdisjoint(groups[2])
+    # whole voice variants are held out: the README lists each speaker's variant and split
+    variant_of = dict(re.findall(r"- ([0-9a-f]{8}): \w+, \{'accent': '[^']*', 'variant': '([^']*)'",
+                                 (base / "README.md").read_text()))
+    held = [{variant_of[s] for s in group} for group in groups]
+    assert len(variant_of) == SMALL["num_speakers"] and held[0].isdisjoint(held[1] | held[2])
     assert all((base / line).is_file() for line in val + test)
 
 
@@ -123,14 +129,18 @@ def test_other_seed_rebuilds_and_foreign_folders_are_protected(small_mini, tmp_p
 
 
 def test_default_speakers_and_split():
-    """The default mini: 60 speakers saying each word, 44/8/8 speaker-disjoint, every variant seen in training."""
-    speakers = make_speakers(60, seed=0)
-    assert len({s.id for s in speakers}) == 60 and len({s.voice for s in speakers}) >= 30
+    """The default mini: 3 speakers per voice variant; 6 validation and 12 test variants held out whole."""
+    speakers = make_speakers(258, seed=0)
+    assert len({s.id for s in speakers}) == 258 and {s.variant for s in speakers} == set(VOICE_VARIANTS)
     assert make_speakers(12, seed=0) == speakers[:12]
-    split = split_speakers(speakers, num_val=8, num_test=8, seed=0)
-    counts = {name: sum(v == name for v in split.values()) for name in ("training", "validation", "testing")}
-    assert counts == {"training": 44, "validation": 8, "testing": 8}
-    train_variants = {s.variant for s in speakers if split[s.id] == "training"}
-    assert train_variants == set(VOICE_VARIANTS)
-    with pytest.raises(ValueError):
+    split = split_speakers(speakers, num_val=6, num_test=12, seed=0)
+    variants = {name: {s.variant for s in speakers if split[s.id] == name} for name in ("training", "validation",
+                                                                                            "testing")}
+    assert [len(variants[name]) for name in ("training", "validation", "testing")] == [68, 6, 12]
+    assert variants["training"].isdisjoint(variants["validation"] | variants["testing"])
+    assert variants["validation"].isdisjoint(variants["testing"])
+    assert sum(v == "testing" for v in split.values()) == 36
+    assert not set(RESERVED_VARIANTS) & set(VOICE_VARIANTS)  # the independent check's voices are never used
+    assert split_speakers(speakers, 6, 12, seed=1) != split
+    with pytest.raises(ValueError, match="voice variants"):
         split_speakers(speakers[:4], 2, 2)

@@ -12,6 +12,7 @@ from modalities.audio.preprocess import (
     NORM_STD,
     SpecAugment,
     add_background_noise,
+    change_speed,
     fix_length,
     jitter_and_roll,
     mix_waveforms,
@@ -111,6 +112,47 @@ def test_mixup_and_background_noise():
     noisy = add_background_noise(a - a.mean(), noise, snr_db=10.0)
     snr = 10 * torch.log10((a - a.mean()).pow(2).mean() / (noisy - (a - a.mean())).pow(2).mean())
     assert abs(float(snr) - 10.0) < 1e-3
+
+
+def dominant_frequency(x: torch.Tensor, sample_rate: int = 16000) -> float:
+    spectrum = torch.fft.rfft(x.double()).abs()
+    return float(torch.fft.rfftfreq(x.numel(), 1.0 / sample_rate)[spectrum.argmax()])
+
+
+def test_speed_perturbation_changes_tempo_and_pitch_together():
+    x = sine(1000.0)
+    assert change_speed(x, 16000, 1.0) is x and change_speed(x, 16000, 1.004) is x  # rounded to 0.01
+    faster = change_speed(x, 16000, 1.25)
+    assert abs(faster.numel() - 12800) <= 1  # 1 s played 1.25x faster lasts 0.8 s ...
+    assert abs(dominant_frequency(faster) - 1250.0) < 5.0  # ... and every frequency is 1.25x higher
+    slower = change_speed(x, 16000, 0.8)
+    assert abs(slower.numel() - 20000) <= 1 and abs(dominant_frequency(slower) - 800.0) < 5.0
+
+
+def test_vtln_warp_moves_a_tone_across_mel_bins():
+    tone = sine(1500.0)
+    peak = lambda f: int(f.mean(dim=0).argmax())  # noqa: E731 (the mel bin of the tone)
+    plain = fbank_features(tone, 16000)
+    assert torch.equal(fbank_features(tone, 16000, vtln_warp=1.0), plain)
+    down, up = fbank_features(tone, 16000, vtln_warp=0.85), fbank_features(tone, 16000, vtln_warp=1.15)
+    # Kaldi warps the filter bank: the tone reads as if it were at about 0.85x / 1.15x its frequency
+    assert peak(down) < peak(plain) - 2 and peak(up) > peak(plain) + 2
+
+
+def test_clip_norm_makes_features_level_independent():
+    torch.manual_seed(0)
+    x = chirp(16000) + 0.01 * torch.randn(16000)  # a noise floor in every band, as in any recording
+    mini = dict(num_mel_bins=64, target_length=100)
+    loud, quiet = fbank_features(x, 16000, clip_norm=True, **mini), fbank_features(0.05 * x, 16000, clip_norm=True,
+                                                                                      **mini)
+    plain_loud, plain_quiet = fbank_features(x, 16000, **mini), fbank_features(0.05 * x, 16000, **mini)
+    # a gain is a constant log offset, removed by the clip's own mean; only the few mel bands narrower than an FFT
+    # bin (always at kaldi's log floor, whatever the level) keep a trace of it
+    assert (loud - quiet).abs().mean() < 0.05 * (plain_loud - plain_quiet).abs().mean()
+    assert abs(float(loud.mean())) < 1e-4 and abs(float(loud.std()) - 0.5) < 0.02  # the AST "/ (2 std)" form
+    padded = fbank_features(x[:8000], 16000, clip_norm=True, **mini)  # 0.5 s: padded frames sit at the mean
+    assert torch.allclose(padded[60:], padded[60:].mean().expand(40, 64)) and torch.isfinite(padded).all()
+    assert torch.isfinite(fbank_features(torch.zeros(16000), 16000, clip_norm=True)).all()
 
 
 def test_spec_augment_masks_and_roll():

@@ -135,7 +135,7 @@ def audio_run(tmp_path_factory):
     from modalities.audio import build_mini
 
     root = build_mini(tmp_path_factory.mktemp("audio") / "mini", seed=0, words=("yes", "no", "up"), num_speakers=8,
-                      clips_per_speaker=2, num_val_speakers=2, num_test_speakers=2)
+                      clips_per_speaker=2, num_val_variants=2, num_test_variants=2)
     return _tiny_run(tmp_path_factory, "audio", [f"data.root={root}", "data.batch_size=4", "data.num_workers=0",
                                                  "data.persistent_workers=false"])
 

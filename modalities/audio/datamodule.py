@@ -62,6 +62,8 @@ from .preprocess import (
     SpecAugment,
     add_background_noise,
     fbank_features,
+    change_speed,
+    clip_statistics,
     fix_length,
     jitter_and_roll,
     mix_waveforms,
@@ -73,11 +75,14 @@ from .preprocess import (
 FEATURE_DEFAULTS = MappingProxyType({
     "num_mel_bins": NUM_MEL_BINS, "target_length": TARGET_LENGTH, "frame_length": FRAME_LENGTH_MS,
     "frame_shift": FRAME_SHIFT_MS, "norm_mean": NORM_MEAN, "norm_std": NORM_STD,
+    "clip_norm": False,  # True: each clip normalized by its own mean / std (level-independent features)
 })
 # the paper-scale train augmentation (the AST recipe); ``augment`` overrides any of these keys
 AUGMENT_DEFAULTS = MappingProxyType({
     "freq_mask": 48, "time_mask": 48, "noise_scale": 0.1, "roll_frames": 10, "mixup": 0.6, "mixup_alpha": 10.0,
     "background_noise_prob": 0.0, "background_snr_db": (5.0, 20.0),
+    # speaker augmentation (off in the paper recipe): speed perturbation and VTLN warp factor ranges, or null
+    "speed": None, "vtln_warp": None,
 })
 # every augmentation off: a dataset's default
 NO_AUGMENT = MappingProxyType({**AUGMENT_DEFAULTS, "freq_mask": 0, "time_mask": 0, "noise_scale": 0.0,
@@ -90,6 +95,24 @@ def _with_defaults(what: str, defaults: MappingProxyType, given: dict | None) ->
     if unknown:
         raise ValueError(f"unknown audio {what} keys {unknown}; valid keys: {', '.join(defaults)}")
     return {**defaults, **dict(given or {})}
+
+
+def _factor_range(name: str, value) -> tuple[float, float] | None:
+    """``null`` -> None, ``[low, high]`` of positive factors -> a tuple; anything else is refused by name."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"augment.{name} must be null or [low, high], got {value!r}") from None
+    if not 0 < low <= high:
+        raise ValueError(f"augment.{name} must be null or [low, high] with 0 < low <= high, got {value!r}")
+    return low, high
+
+
+def _uniform(low: float, high: float) -> float:
+    """A draw from the torch RNG (seeded per DataLoader worker), like the other augmentations."""
+    return float(low + (high - low) * torch.rand(()))
 
 
 class BadAudioFileWarning(UserWarning):
@@ -214,6 +237,8 @@ class SpeechCommandsDataset(Dataset):
         self.background_noise_prob = float(augment["background_noise_prob"])
         low, high = augment["background_snr_db"]
         self.background_snr_db = (float(low), float(high))
+        self.speed = _factor_range("speed", augment["speed"])
+        self.vtln_warp = _factor_range("vtln_warp", augment["vtln_warp"])
         self.bad_inputs = bad_inputs  # shared with the DataLoader workers, or None
 
     def __len__(self) -> int:
@@ -250,6 +275,9 @@ class SpeechCommandsDataset(Dataset):
         if not self.train:
             return self.eval_features(waveform), target
 
+        if self.speed is not None:  # before the noise: the speaker talks faster / higher, the room does not
+            n = waveform.shape[-1]
+            waveform = fix_length(change_speed(waveform, self.sample_rate, _uniform(*self.speed)), n)
         if self.background_noises and torch.rand(()) < self.background_noise_prob:
             noise = self.background_noises[int(torch.randint(len(self.background_noises), ()))]
             low, high = self.background_snr_db
@@ -261,9 +289,11 @@ class SpeechCommandsDataset(Dataset):
                 lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
                 waveform = mix_waveforms(waveform, other, lam)
                 target = lam * target + (1.0 - lam) * self.one_hot(self.labels[other_index])
-        fbank = fbank_features(waveform, self.sample_rate, normalize=False, **self.feature_kwargs)
+        warp = {} if self.vtln_warp is None else {"vtln_warp": _uniform(*self.vtln_warp)}
+        fbank = fbank_features(waveform, self.sample_rate, normalize=False, **self.feature_kwargs, **warp)
+        stats = clip_statistics(fbank) if self.feature_kwargs.get("clip_norm") else (self.norm_mean, self.norm_std)
         fbank = self.spec_augment(fbank)  # masks on raw log-mel values, before normalization (AST order)
-        fbank = normalize_fbank(fbank, self.norm_mean, self.norm_std)
+        fbank = normalize_fbank(fbank, *stats)
         return jitter_and_roll(fbank, self.noise_scale, self.roll_frames), target
 
 
@@ -315,6 +345,8 @@ class AudioDataModule(ModalityDataModule):
                                **_with_defaults("feature", FEATURE_DEFAULTS, features)}
         self.augment = _with_defaults("augmentation", AUGMENT_DEFAULTS, augment)
         self.augment["background_snr_db"] = tuple(float(db) for db in self.augment["background_snr_db"])
+        for name in ("speed", "vtln_warp"):  # refused here, at construction, not in a DataLoader worker
+            self.augment[name] = _factor_range(name, self.augment[name])
         self.seed = int(seed)
         self.validate_files = bool(validate_files)
 

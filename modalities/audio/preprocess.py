@@ -80,6 +80,8 @@ def fbank_features(
     norm_mean: float = NORM_MEAN,
     norm_std: float = NORM_STD,
     normalize: bool = True,
+    vtln_warp: float = 1.0,
+    clip_norm: bool = False,
 ) -> Tensor:
     """AST log-mel features of one clip: a float32 tensor of shape ``(target_length, num_mel_bins)``.
 
@@ -103,15 +105,34 @@ def fbank_features(
         dither=dither,
         frame_shift=frame_shift,
         frame_length=frame_length,
+        vtln_warp=float(vtln_warp),
     )
     n_frames = fbank.shape[0]
-    if n_frames < target_length:
-        fbank = torch.nn.functional.pad(fbank, (0, 0, 0, target_length - n_frames))
+    if n_frames < target_length:  # AST pads log-mel zeros; under clip_norm the clip's mean (level-neutral)
+        pad_value = float(fbank.mean()) if clip_norm and n_frames else 0.0
+        fbank = torch.nn.functional.pad(fbank, (0, 0, 0, target_length - n_frames), value=pad_value)
     else:
         fbank = fbank[:target_length]
     if normalize:
-        fbank = normalize_fbank(fbank, norm_mean, norm_std)
+        fbank = normalize_fbank(fbank, *(clip_statistics(fbank) if clip_norm else (norm_mean, norm_std)))
     return fbank
+
+
+def clip_statistics(fbank: Tensor) -> tuple[float, float]:
+    """Mean and std of one clip's raw log-mel values (``clip_norm``); a constant clip gets std 1."""
+    std = float(fbank.std()) if fbank.numel() > 1 else 0.0
+    return float(fbank.mean()), std if std > 1e-5 else 1.0
+
+
+def change_speed(waveform: Tensor, sample_rate: int, factor: float) -> Tensor:
+    """Speed perturbation: the clip played ``factor`` times faster (tempo and pitch together), same sample rate.
+
+    ``factor`` is rounded to 0.01 so the resampling ratio stays small (torchaudio.functional.speed).
+    """
+    factor = round(float(factor), 2)
+    if factor == 1.0:
+        return waveform
+    return torchaudio.functional.speed(waveform, int(sample_rate), factor)[0]
 
 
 def mix_waveforms(first: Tensor, second: Tensor, lam: float) -> Tensor:

@@ -1,0 +1,1 @@
+"""Independent data made another way, to check that mini results transfer."""
