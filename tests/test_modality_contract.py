@@ -113,7 +113,8 @@ PRESET_ON_MINI = ["data.batch_size=2", "data.num_workers=0", "data.pin_memory=fa
                   "data.persistent_workers=false", "trainer.accumulate_grad_batches=1"]
 FITS_THE_MINI = {"timeseries": ["task.model.num_nodes=6", "task.model.d_model=64", "task.model.n_heads=4",
                                 "task.model.d_ff=128"],
-                 "image": ["data.num_classes=null", "data.test_split=test", "data.image_size=32"],
+                 "image": ["data.num_classes=null", "data.train_split=train", "data.test_split=test",
+                           "data.image_size=32"],
                  "video": ["data.num_classes=null", "data.frame_size=32", "data.num_frames=4",
                            "data.annotations.val=annotations/val.csv", "data.clip_dirs.val=val",
                            "data.annotations.test=annotations/test.csv", "data.clip_dirs.test=test",

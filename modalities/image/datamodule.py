@@ -33,6 +33,18 @@ Point data.root at the dataset, or use data=image_mini for the generated offline
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for corrupt / truncated files
 
 
+HOLDOUT = "holdout"  # the split name of images held out of the train folder (holdout_per_class)
+
+
+def held_out_indices(targets: Sequence[int], per_class: int) -> set[int]:
+    """Indices of the last ``per_class`` samples of every class (ImageFolder lists them sorted by path), fewer for
+    a class too small to keep one training image."""
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    return {i for idx in by_class.values() for i in idx[len(idx) - min(per_class, len(idx) - 1):]}
+
+
 class UnreadableImageWarning(UserWarning):
     """An image file could not be decoded and was skipped."""
 
@@ -73,7 +85,11 @@ class ImageDataModule(ModalityDataModule):
         root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers,
             build_mini, mini_seed: see ``modalities.base.ModalityDataModule``.
         image_size: train crop and eval size.
-        train_split, val_split, test_split: split folder names (ImageNet-1K has no labelled test: use val).
+        train_split, val_split, test_split: split folder names (ImageNet-1K has no labelled test: use val);
+            ``"."`` is the root itself (ImageNet-22K: ``<root>/<wnid>/*.JPEG``), ``"holdout"`` the images that
+            ``holdout_per_class`` sets aside from the train folder (for a dataset that ships no validation split).
+        holdout_per_class: with a ``"holdout"`` split, the last N images (sorted names) of every train class are
+            held out of training; 0 = none.
         augment: keyword arguments of ``preprocess.train_transform`` (crop scale, flip, colour jitter,
             auto_augment policy, random erasing ...).
         eval_crop_pct: centre-crop fraction of the eval transform (None: the paper's rule).
@@ -100,6 +116,7 @@ class ImageDataModule(ModalityDataModule):
         mini_seed: int = 0,
         augment: dict | None = None,
         eval_crop_pct: float | None = None,
+        holdout_per_class: int = 0,
     ):
         super().__init__(root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory,
                          persistent_workers, build_mini, mini_seed)
@@ -107,6 +124,13 @@ class ImageDataModule(ModalityDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.augment = dict(augment or {})
         self.eval_crop_pct = eval_crop_pct
+        self.holdout_per_class = int(holdout_per_class)
+        uses_holdout = HOLDOUT in (val_split, test_split)
+        if uses_holdout != (self.holdout_per_class > 0) or train_split == HOLDOUT:
+            raise ValueError(
+                f"a {HOLDOUT!r} val / test split and holdout_per_class > 0 go together (and train cannot be the "
+                f"holdout): got splits {self.splits} with holdout_per_class={holdout_per_class}"
+            )
 
     def check_root(self) -> None:
         self._check_split(self.splits["train"])
@@ -117,9 +141,16 @@ class ImageDataModule(ModalityDataModule):
         return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
     def build_dataset(self, split: str) -> SkippingImageFolder:
-        self._check_split(self.splits[split])
+        folder = self.splits["train"] if self.splits[split] == HOLDOUT else self.splits[split]
+        self._check_split(folder)
         transform = self.train_transform() if split == "train" else self.eval_transform()
-        return SkippingImageFolder(self.root / self.splits[split], self.class_names, transform, self.bad_inputs)
+        dataset = SkippingImageFolder(self.root / folder, self.class_names, transform, self.bad_inputs)
+        if self.holdout_per_class > 0 and folder == self.splits["train"]:
+            keep_held_out = self.splits[split] == HOLDOUT
+            held = held_out_indices(dataset.targets, self.holdout_per_class)
+            dataset.samples = [s for i, s in enumerate(dataset.samples) if (i in held) == keep_held_out]
+            dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
+        return dataset
 
     def read_input(self, path: str | os.PathLike):
         """One image file (jpg, png, ... anything PIL reads) -> the 3 x s x s tensor of the eval transform."""
