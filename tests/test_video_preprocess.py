@@ -225,3 +225,28 @@ def test_eval_three_crops_span_the_long_side():
 def test_eval_resizes_the_short_side():
     crops = EvalClipTransform(16, num_crops=1)(as_video(_video(3, 32, 64)))
     assert crops.shape == (1, 3, 3, 16, 16)
+
+
+def test_the_mini_recipes_train_augmentation_keeps_the_motion_label():
+    """The recipe's train transform (crop, colour jitter, no flip) keeps a rightward / downward motion rightward /
+    downward: the augmentation never turns one motion class into another."""
+    from tests.conftest import compose_config
+
+    augment = dict(compose_config(["modality=video"]).data.augment)
+    assert augment["hflip"] == 0.0 and not augment.get("rand_augment")
+    transform = TrainClipTransform(32, **augment)
+    for axis in (1, 0):  # x (moving right), then y (moving down)
+        frames = np.full((8, 32, 32, 3), 40, dtype=np.uint8)
+        for t in range(8):
+            start = 4 + 3 * t
+            if axis:
+                frames[t, 12:20, start:start + 6] = 230
+            else:
+                frames[t, start:start + 6, 12:20] = 230
+        for seed in range(5):
+            torch.manual_seed(seed)
+            clip = transform(as_video(frames)).mean(1)  # T x h x w, normalized
+            profile = clip.mean(2 - axis)  # T x w (axis x) or T x h (axis y)
+            weights = (profile - profile.min(1, keepdim=True).values).clamp(min=0)
+            position = (weights * torch.arange(32.0)).sum(1) / weights.sum(1)
+            assert torch.all(position[1:] > position[:-1]), f"seed {seed}: the motion changed direction"

@@ -6,17 +6,23 @@
     <root>/<split>/<label>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4
     <root>/mini_manifest.json                   written last: marks the dataset complete
 
-Every clip (H.264 mp4 written with PyAV, 32 x 32 px, 40 frames at 25 fps) shows one randomly shaped, randomly
-textured object on a random static textured background. The ten classes differ ONLY by how the object moves:
-translation direction (left / right / up / down), rotation sense, expansion vs contraction, and speed (slow vs
-fast drift along a random diagonal). Shape, texture, colours, size, position and angle are drawn from the same
-distributions for every class, and every motion is centred on the middle of the clip (the object's position,
-angle and size at mid-clip follow the class-independent distribution), so a single frame - in particular the
-centre frame used in evaluation - cannot tell the classes apart; telling them apart needs several frames.
+Every clip (H.264 mp4 written with PyAV, 32 x 32 px, 40 frames at 25 fps) shows one moving object on a static
+background. The ten classes differ ONLY by how the object moves: translation direction (left / right / up / down),
+rotation sense, expansion vs contraction, and speed (slow vs fast drift along a diagonal). Everything else is drawn
+from the same distributions for every class, and varies widely so that a model has to read the motion rather than
+the look of one generator: the object's shape (``SHAPES``: irregular and jittered regular polygons, stars, ellipses,
+bars, crosses, open rings, crescents, blobs), fill (``FILLS``: solid, blotches, gradients, stripes, checker, spots),
+outline (none, or of random width and colour; sometimes the outline alone), size and colours (kept at a minimum
+contrast to the background); the background (``BACKGROUNDS``: solid, blotches, gradients, stripes, checker, noise)
+with 0 - 3 static distractor objects; the sensor noise level. Every motion is centred on the middle of the clip
+(the object's position, angle and size at mid-clip follow the class-independent distribution), so a single frame -
+in particular the centre frame used in evaluation - cannot tell the classes apart; telling them apart needs
+several frames.
 """
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import math
 import multiprocessing
@@ -27,7 +33,7 @@ from types import MappingProxyType
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modalities.mini_build import MANIFEST, build_atomically, manifest_matches  # noqa: F401 (re-exported)
 
@@ -43,24 +49,36 @@ CLASSES = (
     "drifting slowly",
     "drifting fast",
 )
-SPLITS = MappingProxyType({"train": 100, "val": 10, "test": 20})  # clips per class (read-only)
+SPLITS = MappingProxyType({"train": 200, "val": 20, "test": 30})  # clips per class (read-only)
 FRAME_SIZE = 32
 NUM_FRAMES = 40
 FPS = 25
-SUPERSAMPLE = 1  # > 1: render at that multiple and average down (the soft sprite edges already anti-alias)
-SPRITE_SIZE = 48  # resolution of the object texture and outline: about the size it is drawn at
-# motion ranges (uniform; "radius" log-uniform): px / frame, rad / frame, log-radius / frame; "centre" in frame units
+SUPERSAMPLE = 2  # render frames at this multiple and average down (anti-aliasing)
+SPRITE_SIZE = 64  # resolution of an object's RGBA sprite (its shape spans [-1, 1] x [-1, 1] of it)
+SPRITE_SUPERSAMPLE = 4  # shapes and outlines are drawn at this multiple of SPRITE_SIZE and averaged down
+SHAPE_EXTENT = 0.85  # a shape's farthest vertex, in sprite half-widths (room for its outline)
+# motion ranges (uniform; "radius" log-uniform): px / frame, rad / frame, log-radius / frame; "centre" in frame
+# units; "radius" is the sprite's half-width in px at mid-clip; the jitters (rad) tilt a direction at random
 MOTION = MappingProxyType({
     "centre": (0.3, 0.7),
-    "radius": (8.0, 11.0),
-    "speed": (0.55, 0.7),
-    "slow_drift": (0.08, 0.14),
-    "fast_drift": (0.6, 0.75),
-    "spin": (0.12, 0.16),
-    "growth": (0.03, 0.04),
+    "radius": (6.0, 14.0),
+    "speed": (0.35, 0.85),
+    "direction_jitter": 0.15,
+    "slow_drift": (0.06, 0.16),
+    "fast_drift": (0.5, 0.85),
+    "drift_jitter": 0.2,
+    "spin": (0.05, 0.14),
+    "growth": (0.02, 0.045),
 })
+# appearance: probabilities of the drawn choices (names in the order of the tuples below)
+SHAPES = ("polygon", "regular", "star", "ellipse", "bar", "cross", "ring", "crescent", "blob")
+FILLS = ("solid", "blotches", "linear", "radial", "stripes", "checker", "spots")
+BACKGROUNDS = ("solid", "blotches", "linear", "radial", "stripes", "checker", "noise")
+OUTLINE_PROB, HOLLOW_PROB = 0.5, 0.15  # an outlined object; of those, one drawn as an outline only
+DISTRACTORS = (0.35, 0.25, 0.2, 0.2)  # probability of 0, 1, 2, 3 static objects on the background
+MIN_CONTRAST = 0.35  # L1 distance (RGB in [0, 1]) between the object's colour and the background's mean
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
-VERSION = 4  # 4: x264 without SIMD (byte-identical builds on every CPU)
+VERSION = 5  # 5: varied appearance (shapes, fills, outlines, backgrounds, distractors, sizes), wider motions
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -69,49 +87,197 @@ def clip_name(youtube_id: str, time_start: int, time_end: int) -> str:
     return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}.mp4"
 
 
-# --- rendering (numpy + PIL only: safe in forked build workers) ---------------------------------------------
+# --- appearance (numpy + PIL only: safe in forked build workers) -------------------------------------------
 
 
-def _colour_pair(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
-    """Two clearly different random colours (2 x 3 floats in [0, 1]), far from ``avoid``'s mean if given."""
-    while True:
-        pair = rng.uniform(0.0, 1.0, size=(2, 3))
-        if np.abs(pair[0] - pair[1]).sum() < 0.5:
-            continue
-        if avoid is not None and np.abs(pair.mean(0) - avoid.mean(0)).sum() < 0.8:
-            continue
-        return pair
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """A random colour (3 floats in [0, 1]): any hue, saturation from grey to vivid, value from dark to bright."""
+    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0, 1) ** 0.7, rng.uniform(0.05, 1.0)
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def _background_colours(rng: np.random.Generator) -> np.ndarray:
-    """Two nearby random colours (2 x 3): a textured but low-contrast background, so the object stands out."""
-    base = rng.uniform(0.15, 0.85, size=3)
-    return np.stack([base, np.clip(base + rng.uniform(-0.2, 0.2, size=3), 0.0, 1.0)])
+def _contrasting_colour(rng: np.random.Generator, reference: np.ndarray, distance: float) -> np.ndarray:
+    """A random colour at least ``distance`` (L1) from ``reference`` (a colour it can reach; else the farthest of
+    a few tries)."""
+    best = None
+    for _ in range(20):
+        colour = _colour(rng)
+        if np.abs(colour - reference).sum() >= distance:
+            return colour
+        if best is None or np.abs(colour - reference).sum() > np.abs(best - reference).sum():
+            best = colour
+    return best
 
 
-def _texture(rng: np.random.Generator, colours: np.ndarray, size: int, cells: int) -> np.ndarray:
-    """size x size x 3: smooth random blotches mixing two colours (low-resolution noise, bicubic upsampled)."""
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-1, 1] of a size x size image: (y, x), each size x size."""
+    coords = (np.arange(size) + 0.5) / size * 2 - 1
+    return np.meshgrid(coords, coords, indexing="ij")
+
+
+def _blotches(rng: np.random.Generator, size: int, cells: int, sharpness: float) -> np.ndarray:
+    """size x size weights in [0, 1]: smooth random blotches (low-resolution noise, bicubic upsampled)."""
     noise = Image.fromarray(rng.normal(size=(cells, cells)).astype(np.float32))
     field = np.asarray(noise.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
-    weight = 1.0 / (1.0 + np.exp(-3.0 * field))[..., None]  # mostly one colour or the other, soft borders
-    return colours[0] * weight + colours[1] * (1.0 - weight)
+    return 1.0 / (1.0 + np.exp(-sharpness * field))
 
 
-def _object_sprite(rng: np.random.Generator, colours: np.ndarray, size: int) -> np.ndarray:
-    """size x size x 4 RGBA sprite: an irregular textured polygon of radius <= 0.95 (normalized coordinates)."""
-    num_vertices = int(rng.integers(3, 6))
-    angles = np.sort(rng.uniform(0, 2 * np.pi, size=num_vertices))
-    radii = rng.uniform(0.3, 0.95, size=num_vertices)
-    # the polygon is star-shaped around the origin: a pixel is inside when its radius is below the boundary
-    # radius interpolated between the two neighbouring vertices
-    coords = (np.arange(size) + 0.5) / size * 2 - 1
-    y, x = np.meshgrid(coords, coords, indexing="ij")
-    pixel_angle = np.remainder(np.arctan2(y, x), 2 * np.pi)
-    wrapped_angles = np.concatenate([angles[-1:] - 2 * np.pi, angles, angles[:1] + 2 * np.pi])
-    wrapped_radii = np.concatenate([radii[-1:], radii, radii[:1]])
-    alpha = (np.hypot(x, y) <= np.interp(pixel_angle, wrapped_angles, wrapped_radii)).astype(np.float64)
-    texture = _texture(rng, colours, size, cells=int(rng.integers(3, 6)))
-    return np.concatenate([texture, alpha[..., None]], axis=-1)
+def _pattern(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """size x size weights in [0, 1] of a two-colour pattern: 0 is the first colour, 1 the second."""
+    y, x = _grid(size)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = x * math.cos(angle) + y * math.sin(angle)
+    if kind == "solid":
+        return np.zeros((size, size))
+    if kind == "blotches":
+        return _blotches(rng, size, int(rng.integers(3, 7)), rng.uniform(1.5, 6.0))
+    if kind == "linear":
+        return np.clip((along + 1) / 2, 0, 1)
+    if kind == "radial":
+        cy, cx = rng.uniform(-0.7, 0.7, size=2)
+        return np.clip(np.hypot(x - cx, y - cy) / rng.uniform(0.8, 1.8), 0, 1)
+    if kind == "stripes":
+        wave = np.sin(2 * np.pi * rng.uniform(1.2, 3.5) * along + rng.uniform(0, 2 * np.pi))
+        return 1.0 / (1.0 + np.exp(-rng.uniform(2, 10) * wave))
+    if kind == "checker":
+        frequency = rng.uniform(1.0, 3.0) * np.pi
+        across = -x * math.sin(angle) + y * math.cos(angle)
+        wave = np.sin(frequency * along + rng.uniform(0, 6.3)) * np.sin(frequency * across + rng.uniform(0, 6.3))
+        return 1.0 / (1.0 + np.exp(-8.0 * wave))
+    if kind == "spots":
+        weight = np.zeros((size, size))
+        for _ in range(int(rng.integers(2, 6))):
+            cy, cx = rng.uniform(-0.7, 0.7, size=2)
+            weight = np.maximum(weight, np.hypot(x - cx, y - cy) < rng.uniform(0.12, 0.35))
+        return weight
+    if kind == "noise":
+        return rng.uniform(0, 1, size=(size, size))
+    raise ValueError(f"unknown pattern {kind!r}")
+
+
+def _paint(kind: str, rng: np.random.Generator, size: int, colours: np.ndarray) -> np.ndarray:
+    """size x size x 3 image of pattern ``kind`` mixing two colours."""
+    weight = _pattern(kind, rng, size)[..., None]
+    return colours[0] * (1 - weight) + colours[1] * weight
+
+
+def _shape(rng: np.random.Generator) -> np.ndarray:
+    """N x 2 vertices (x, y) of a random simple polygon around the origin, farthest vertex at radius 1.
+
+    Every kind is irregular (jittered or elongated), so no shape looks the same after a small rotation.
+    """
+    kind = SHAPES[int(rng.integers(len(SHAPES)))]
+    if kind == "polygon":  # irregular, star-shaped around the origin
+        n = int(rng.integers(3, 9))
+        angles, radii = np.sort(rng.uniform(0, 2 * np.pi, n)), rng.uniform(0.35, 1.0, n)
+    elif kind == "regular":  # 3 - 5 sides, jittered
+        n = int(rng.integers(3, 6))
+        angles, radii = 2 * np.pi * np.arange(n) / n + rng.normal(0, 0.12, n), rng.uniform(0.75, 1.0, n)
+    elif kind == "star":  # 4 - 5 points
+        n = 2 * int(rng.integers(4, 6))
+        angles = np.pi * 2 * np.arange(n) / n + rng.normal(0, 0.08, n)
+        radii = np.where(np.arange(n) % 2 == 0, rng.uniform(0.75, 1.0, n), rng.uniform(0.3, 0.55, n))
+    elif kind == "ellipse":
+        angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+        radii = 1.0 / np.hypot(np.cos(angles), np.sin(angles) / rng.uniform(0.3, 0.7))
+    elif kind == "bar":
+        half_height = rng.uniform(0.2, 0.7)
+        points = np.array([[1, half_height], [-1, half_height], [-1, -half_height], [1, -half_height]])
+        angles, radii = np.arctan2(points[:, 1], points[:, 0]), np.hypot(points[:, 0], points[:, 1])
+    elif kind == "cross":  # a plus with arms of random lengths (a T or an L when arms are short)
+        h = rng.uniform(0.15, 0.3)
+        right, up, left, down = rng.uniform(h, 1.0, 4)
+        points = np.array([[right, -h], [right, h], [h, h], [h, up], [-h, up], [-h, h], [-left, h], [-left, -h],
+                           [-h, -h], [-h, -down], [h, -down], [h, -h]])
+        angles, radii = np.arctan2(points[:, 1], points[:, 0]), np.hypot(points[:, 0], points[:, 1])
+    elif kind == "ring":  # an open ring (a C)
+        gap, inner = rng.uniform(0.5, 1.6), rng.uniform(0.45, 0.75)
+        outer_arc = np.linspace(gap / 2, 2 * np.pi - gap / 2, 32)
+        angles = np.concatenate([outer_arc, outer_arc[::-1]])
+        radii = np.concatenate([np.ones(32), np.full(32, inner)])
+    elif kind == "crescent":  # the unit disc minus a disc of radius r2 centred at (d, 0)
+        r2, d = rng.uniform(0.8, 1.0), rng.uniform(0.4, 0.75)
+        x = (1 - r2 ** 2 + d ** 2) / (2 * d)
+        y = math.sqrt(max(1 - x ** 2, 0.0))
+        theta, phi = math.atan2(y, x), math.atan2(y, x - d)
+        outer = np.linspace(theta, 2 * np.pi - theta, 28)
+        inner = np.linspace(2 * np.pi - phi, phi, 20)
+        points = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
+                                 np.stack([d + r2 * np.cos(inner), r2 * np.sin(inner)], 1)])
+        angles, radii = np.arctan2(points[:, 1], points[:, 0]), np.hypot(points[:, 0], points[:, 1])
+    elif kind == "blob":  # a smooth random outline (low Fourier modes, the first one off-centre)
+        angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        radii = np.ones(48)
+        for k in (1, 2, 3, 4):
+            radii = radii + rng.uniform(0, 0.3 if k > 1 else 0.2) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    points = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    if rng.uniform() < 0.4:  # squash along a random axis
+        axis = rng.uniform(0, np.pi)
+        rotation = np.array([[math.cos(axis), -math.sin(axis)], [math.sin(axis), math.cos(axis)]])
+        points = points @ rotation @ np.diag([1.0, rng.uniform(0.55, 0.9)]) @ rotation.T
+    return points / np.hypot(points[:, 0], points[:, 1]).max()
+
+
+def _draw_mask(points: np.ndarray, size: int, outline_width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-aliased size x size (fill, outline) coverage of a polygon (vertices in [-1, 1], scaled by SHAPE_EXTENT);
+    outline_width is in sprite pixels (0: none), centred on the polygon's edge."""
+    big = size * SPRITE_SUPERSAMPLE
+    xy = [(float((x * SHAPE_EXTENT + 1) / 2 * big), float((y * SHAPE_EXTENT + 1) / 2 * big)) for x, y in points]
+    fill = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(fill).polygon(xy, fill=255)
+    line = Image.new("L", (big, big), 0)
+    if outline_width > 0:
+        width = max(1, int(round(outline_width * SPRITE_SUPERSAMPLE)))
+        ImageDraw.Draw(line).line(xy + [xy[0]], fill=255, width=width, joint="curve")
+    down = [np.asarray(image.resize((size, size), Image.Resampling.BOX), dtype=np.float64) / 255.0
+            for image in (fill, line)]
+    return down[0], down[1]
+
+
+def _object_sprite(rng: np.random.Generator, background_mean: np.ndarray, radius_px: float,
+                   size: int = SPRITE_SIZE) -> np.ndarray:
+    """size x size x 4 sprite (premultiplied RGB, alpha): a random shape, fill and optional outline, its colour
+    at least MIN_CONTRAST from ``background_mean``. ``radius_px``: the sprite's half-width when drawn (px), which
+    sets the outline width in sprite pixels."""
+    points = _shape(rng)
+    fill_kind = FILLS[int(rng.integers(len(FILLS)))]
+    first = _contrasting_colour(rng, background_mean, MIN_CONTRAST)
+    second = _contrasting_colour(rng, first, rng.uniform(0.2, 1.2))
+    fill = _paint(fill_kind, rng, size, np.stack([first, second]))
+    outlined = rng.uniform() < OUTLINE_PROB
+    hollow = outlined and rng.uniform() < HOLLOW_PROB
+    width_px = rng.uniform(1.2, 2.5) if hollow else rng.uniform(0.6, 2.0)
+    outline_colour = _contrasting_colour(rng, background_mean if hollow else first, MIN_CONTRAST)
+    px_per_unit = size / 2 / radius_px  # sprite pixels per frame pixel
+    mask, line = _draw_mask(points, size, width_px * px_per_unit if outlined else 0.0)
+    line = line[..., None]
+    if hollow:
+        mask = np.zeros_like(mask)
+    mask = mask[..., None]
+    alpha = mask * (1 - line) + line
+    premultiplied = fill * mask * (1 - line) + outline_colour * line
+    return np.concatenate([premultiplied, alpha], axis=-1)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """size x size x 3 static background: a random pattern of two colours (of random contrast), sometimes with
+    static pixel noise, and 0 - 3 static distractor objects."""
+    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    base = _colour(rng)
+    other = np.clip(base + rng.normal(0, rng.uniform(0.05, 0.4), 3), 0, 1)
+    image = _paint(kind, rng, size, np.stack([base, other]))
+    if rng.uniform() < 0.3:
+        image = image + rng.normal(0, rng.uniform(0.01, 0.06), size=(size, size, 1 if rng.uniform() < 0.5 else 3))
+    image = np.clip(image, 0, 1)
+    for _ in range(int(rng.choice(len(DISTRACTORS), p=DISTRACTORS))):
+        radius = rng.uniform(2.5, 7.0) * size / FRAME_SIZE  # px of this image
+        sprite = _object_sprite(rng, image.reshape(-1, 3).mean(0), radius * FRAME_SIZE / size)
+        centre = rng.uniform(0.1, 0.9, size=(1, 2)) * size
+        image = _composite(image[None], sprite, centre, np.array([rng.uniform(0, 2 * np.pi)]),
+                           np.array([radius]))[0]
+    return image
 
 
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -129,6 +295,33 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return top * (1 - wy) + bottom * wy
 
 
+def _composite(frames: np.ndarray, sprite: np.ndarray, centre: np.ndarray, angle: np.ndarray,
+               radius: np.ndarray) -> np.ndarray:
+    """Draw ``sprite`` (premultiplied RGBA) over T x S x S x 3 ``frames`` (or 1 x ... for a static image), at
+    per-frame centre (T x 2, pixels of the frames, x right / y down), angle (T, rad, clockwise on screen) and
+    sprite half-width ``radius`` (T, pixels); returns T x S x S x 3 float32. Only the pixels the sprite can reach
+    are sampled."""
+    size, count = frames.shape[1], len(centre)
+    out = np.broadcast_to(frames.astype(np.float32), (count, size, size, 3)).copy()
+    sprite = sprite.astype(np.float32)
+    half = sprite.shape[0] / 2
+    for t in range(count):
+        reach = radius[t] * math.sqrt(2) + 2  # the sprite's corners, plus the bilinear footprint
+        x0, x1 = max(0, int(centre[t, 0] - reach)), min(size, int(centre[t, 0] + reach) + 1)
+        y0, y1 = max(0, int(centre[t, 1] - reach)), min(size, int(centre[t, 1] + reach) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        dx = (np.arange(x0, x1) + 0.5).astype(np.float32)[None, :] - np.float32(centre[t, 0])
+        dy = (np.arange(y0, y1) + 0.5).astype(np.float32)[:, None] - np.float32(centre[t, 1])
+        cos = np.float32(math.cos(angle[t]) * half / radius[t])
+        sin = np.float32(math.sin(angle[t]) * half / radius[t])
+        # every output pixel -> sprite coordinates q = R(-angle) (p - c) / r
+        warped = _bilinear(sprite, cos * dx + sin * dy + (half - 0.5), cos * dy - sin * dx + (half - 0.5))
+        region = out[t, y0:y1, x0:x1]
+        out[t, y0:y1, x0:x1] = warped[..., :3] + (1 - warped[..., 3:]) * region
+    return out
+
+
 def _trajectory(name: str, rng: np.random.Generator, num_frames: int, frame_size: int) -> tuple[np.ndarray, ...]:
     """Per-frame centre (T x 2, pixels, x right / y down), angle (T, radians, clockwise on screen) and radius (T, px).
 
@@ -141,13 +334,14 @@ def _trajectory(name: str, rng: np.random.Generator, num_frames: int, frame_size
     velocity = np.zeros(2)
     spin = 0.0
     growth = 0.0
-    directions = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1), "moving down": (0, 1)}
+    directions = {"moving left": math.pi, "moving right": 0.0, "moving up": -math.pi / 2, "moving down": math.pi / 2}
     if name in directions:
-        velocity = np.array(directions[name], dtype=float) * rng.uniform(*MOTION["speed"])
+        heading = directions[name] + rng.uniform(-1, 1) * MOTION["direction_jitter"]
+        velocity = np.array([math.cos(heading), math.sin(heading)]) * rng.uniform(*MOTION["speed"])
     elif name in ("drifting slowly", "drifting fast"):
-        diagonal = np.array([rng.choice([-1.0, 1.0]), rng.choice([-1.0, 1.0])]) / math.sqrt(2)
+        heading = (2 * int(rng.integers(4)) + 1) * math.pi / 4 + rng.uniform(-1, 1) * MOTION["drift_jitter"]
         key = "slow_drift" if name == "drifting slowly" else "fast_drift"
-        velocity = diagonal * rng.uniform(*MOTION[key])
+        velocity = np.array([math.cos(heading), math.sin(heading)]) * rng.uniform(*MOTION[key])
     elif name in ("rotating clockwise", "rotating anticlockwise"):
         spin = rng.uniform(*MOTION["spin"]) * (1 if name == "rotating clockwise" else -1)
     elif name in ("expanding", "contracting"):
@@ -163,24 +357,13 @@ def _trajectory(name: str, rng: np.random.Generator, num_frames: int, frame_size
 def render(name: str, rng: np.random.Generator, num_frames: int = NUM_FRAMES, frame_size: int = FRAME_SIZE) -> np.ndarray:
     """One clip of class ``name``: num_frames x frame_size x frame_size x 3 uint8 RGB frames."""
     big = frame_size * SUPERSAMPLE
-    background_colours = _background_colours(rng)
-    background = _texture(rng, background_colours, big, cells=int(rng.integers(3, 7)))
-    sprite = _object_sprite(rng, _colour_pair(rng, avoid=background_colours), SPRITE_SIZE)
     centre, angle, radius = _trajectory(name, rng, num_frames, frame_size)
-
-    # every output pixel (in frame pixels, x right / y down) -> sprite coordinates q = R(-angle) (p - c) / r
-    coords = ((np.arange(big) + 0.5) / SUPERSAMPLE).astype(np.float32)
-    dx = coords[None, None, :] - centre[:, 0, None, None].astype(np.float32)  # T x 1 x big
-    dy = coords[None, :, None] - centre[:, 1, None, None].astype(np.float32)  # T x big x 1
-    half = SPRITE_SIZE / 2
-    cos, sin = (np.cos(angle) * half / radius), (np.sin(angle) * half / radius)
-    cos, sin = cos.astype(np.float32)[:, None, None], sin.astype(np.float32)[:, None, None]
-    sx, sy = cos * dx + sin * dy + (half - 0.5), cos * dy - sin * dx + (half - 0.5)
-    warped = _bilinear(sprite, sx, sy)  # T x big x big x 4
-    alpha = warped[..., 3:]
-    frames = alpha * warped[..., :3] + (1 - alpha) * background[None].astype(np.float32)
+    background = _background(rng, big)
+    sprite = _object_sprite(rng, background.reshape(-1, 3).mean(0), float(np.median(radius)))
+    frames = _composite(background[None], sprite, centre * SUPERSAMPLE, angle, radius * SUPERSAMPLE)
     frames = frames.reshape(num_frames, frame_size, SUPERSAMPLE, frame_size, SUPERSAMPLE, 3).mean(axis=(2, 4))
-    frames = frames + rng.normal(0.0, 0.01, size=frames.shape).astype(np.float32)  # a little sensor noise
+    noise = rng.uniform(0.0, 0.03)  # sensor noise, fresh in every frame
+    frames = frames + rng.normal(0.0, noise, size=frames.shape).astype(np.float32)
     return np.round(np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
 
 
