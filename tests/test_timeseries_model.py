@@ -209,3 +209,72 @@ def test_decoder_inputs_mean_and_last_period():
     torch.testing.assert_close(trend_start[:, LABEL:], seasonal_init[:, LABEL:] + trend[:, -1:])  # + current level
     with pytest.raises(ValueError, match="unknown decoder_init"):
         make_forecaster(decoder_init="zeros")
+
+
+@pytest.mark.parametrize("decoder_init", ["linear", "node_linear"])
+def test_linear_start_begins_as_seasonal_naive_and_fits_a_known_map(decoder_init):
+    model = make_forecaster(decoder_init=decoder_init, period=24)
+    x = torch.randn(2, L, D)
+    seasonal_init, trend_start = model.decoder_inputs(x)
+    assert seasonal_init.shape == trend_start.shape == (2, LABEL + P, D)
+    torch.testing.assert_close(trend_start[:, :LABEL], x[:, L - LABEL :])  # the known steps as they are
+    torch.testing.assert_close(trend_start[:, LABEL:], x[:, L - 24 : L - 24 + P])  # untrained: seasonal naive
+    # a series following a known linear law (AR(1), coefficient 0.9): the least-squares fit forecasts held-out
+    # windows far better than the seasonal-naive start
+    rng = np.random.default_rng(0)
+    steps = 24 * 60
+    series = np.zeros((steps, D))
+    for t in range(1, steps):
+        series[t] = 0.9 * series[t - 1] + rng.normal(size=D)
+    series[100, 3] = np.nan  # windows with a missing value are left out
+    windows = model.fit_linear_start(series[: steps // 2])
+    assert 0 < windows < (steps // 2 - L - P + 1) * D
+    test = torch.as_tensor(series[steps // 2 :], dtype=torch.float32).unfold(0, L + P, 1).permute(0, 2, 1)
+    inputs, future = test[:, :L], test[:, L:]
+    centred = inputs - inputs.mean(1, keepdim=True)
+    forecast = model.linear_forecast(centred, model.num_nodes) + inputs.mean(1, keepdim=True)
+    naive = inputs[:, L - 24 : L - 24 + P]
+    assert (forecast - future).square().mean() < 0.6 * (naive - future).square().mean()
+    with pytest.raises(ValueError, match="no linear start"):
+        make_forecaster().fit_linear_start(series)
+
+
+@pytest.mark.parametrize("decoder_init", ["mean", "node_linear"])
+def test_forecaster_runs_on_another_station_count(decoder_init):
+    """A model built for 12 stations (3 nodes of 4) forecasts 3, 5 or 13 stations: they are repeated to fill whole
+    nodes of 4 and each station's forecast is the mean over its copies (predict.py --override data.root=...)."""
+    model = make_forecaster(decoder_init=decoder_init).eval()
+    for stations in (3, 5, 13):
+        generator = torch.Generator().manual_seed(stations)
+        values = torch.randn(2, L + P, stations, generator=generator) * 30 + 100
+        marks = torch.rand(2, L + P, 4, generator=generator) - 0.5
+        inputs = torch.stack([pack_window(values[i], marks[i], L) for i in range(2)])
+        with torch.no_grad():
+            forecast = model(inputs)
+        assert forecast.shape == (2, P, stations) and torch.isfinite(forecast).all()
+    # 4 stations repeated 3 times are exactly the model's 12 stations laid out node by node, with the mean affine
+    values = torch.randn(1, L + P, 4) * 30 + 100
+    marks = torch.rand(1, L + P, 4) - 0.5
+    with torch.no_grad():
+        small = model(pack_window(values[0], marks[0], L)[None])
+        model.norm.weight.fill_(1.0)
+        model.norm.bias.fill_(0.0)
+        model.enc_embedding.node_coords.zero_()
+        model.dec_embedding.node_coords.zero_()
+        tiled = model(pack_window(values[0].repeat(1, 3), marks[0], L)[None])
+    torch.testing.assert_close(small, tiled.reshape(1, P, 3, 4).mean(2), atol=1e-4, rtol=1e-4)
+
+
+def test_time_features_select_the_calendar_features_the_model_sees():
+    model = make_forecaster(time_features=["hour_of_day"]).eval()
+    assert model.time_feature_mask.tolist() == [1.0, 0.0, 0.0, 0.0]
+    inputs, _ = packed_batch()
+    other = inputs.clone()
+    other[:, :, D + 1 :] = torch.rand_like(other[:, :, D + 1 :])  # another day of week / month / year
+    with torch.no_grad():
+        torch.testing.assert_close(model(other), model(inputs))
+        other[:, :, D] = torch.rand_like(other[:, :, D])  # another hour: seen
+        assert not torch.allclose(model(other), model(inputs))
+    assert make_forecaster().time_feature_mask.tolist() == [1.0] * 4  # None: all four (Corrformer's)
+    with pytest.raises(ValueError, match="unknown time_features"):
+        make_forecaster(time_features=["minute"])

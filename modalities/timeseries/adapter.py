@@ -94,12 +94,20 @@ class NodeEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         nn.init.kaiming_normal_(self.value.weight, mode="fan_in", nonlinearity="leaky_relu")
 
-    def forward(self, x: Tensor, marks: Tensor) -> Tensor:
-        batch, steps, _ = x.shape
-        nodes = to_nodes(x, self.num_nodes)  # (B n) x L x D/n
+    def forward(self, x: Tensor, marks: Tensor, known: bool = True) -> Tensor:
+        """x: B x L x (n D/n) -> (B n) x L x D'. Stations other than the ones it was built for (``known`` False,
+        or another count, a multiple of D/n: see ``UniRepLKNetForecaster.forward``) have no known coordinates;
+        they get the position embedding of the mean station (standardized coordinates 0)."""
+        batch, steps, num_series = x.shape
+        known = known and num_series == self.num_series
+        num_nodes = self.num_nodes if known else max(1, num_series // self.per_node)
+        if check_nodes(num_series, num_nodes) != self.per_node:
+            raise ValueError(f"{num_series} stations do not fill whole nodes of {self.per_node} stations")
+        nodes = to_nodes(x, num_nodes)  # (B n) x L x D/n
         value = self.value(nodes.transpose(1, 2)).transpose(1, 2)  # (B n) x L x D'
-        time = self.time(marks).repeat_interleave(self.num_nodes, dim=0)  # B x L x D' -> (B n) x L x D'
-        position = self.position(self.node_coords).repeat(batch, 1).unsqueeze(1)  # (B n) x 1 x D'
+        time = self.time(marks).repeat_interleave(num_nodes, dim=0)  # B x L x D' -> (B n) x L x D'
+        coords = self.node_coords if known else self.node_coords.new_zeros(num_nodes, self.per_node * 3)
+        position = self.position(coords).repeat(batch, 1).unsqueeze(1)  # (B n) x 1 x D'
         return self.dropout(value + time + position)
 
 

@@ -290,6 +290,10 @@ class StationSeriesDataModule(ModalityDataModule):
             train = self._load()["train"][0]
             self.baselines = build_baselines(train, self.seq_len, self.pred_len, self.seasonal_period, self.linear_ridge)
 
+    def train_series(self) -> np.ndarray:
+        """The train split's T x D values on the complete grid (NaN = missing), in stored units."""
+        return self._load()["train"][0]
+
     def build_dataset(self, split: str) -> WindowDataset:
         values, timestamps = self._load()[split]
         return WindowDataset(values, time_features(timestamps), self.seq_len, self.pred_len, self.strides[split])
@@ -335,6 +339,17 @@ class TimeSeriesDataModule(StationSeriesDataModule):
             raise ValueError(f"unknown variable {variable!r}; valid choices: {', '.join(VARIABLES)}")
         self.variable = variable
         self.allow_pickle = allow_pickle
+
+    def prepare_data(self) -> None:
+        """Build the mini set when asked to, unless ``root`` already holds a complete station set of another
+        origin (e.g. a run trained with the mini config, evaluated with ``--override data.root=<real files>``:
+        its saved config says ``build_mini: true``); those files are read as they are."""
+        if self.build_mini and not mini.is_complete(self.root) and not mini._built_here(self.root) and all(
+            (self.root / name).is_file() for name in self.expected_files()
+        ):
+            self.check_root()
+            return
+        super().prepare_data()
 
     def check_root(self) -> None:
         missing = [name for name in self.expected_files() if not (self.root / name).is_file()]

@@ -179,21 +179,30 @@ class WindowNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_series))
         self.bias = nn.Parameter(torch.zeros(num_series))
 
-    def normalize(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def affine(self, num_series: int, known: bool = True) -> tuple[Tensor, Tensor]:
+        """(weight, bias) for ``num_series`` stations: the learned ones for the stations it was built for; for
+        another station set (``known`` False, or another count) the mean over the learned stations, for every one."""
+        if known and num_series == len(self.weight):
+            return self.weight, self.bias
+        return self.weight.mean().expand(num_series), self.bias.mean().expand(num_series)
+
+    def normalize(self, x: Tensor, known: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """B x T x D (NaN = missing) -> (normalized B x T x D without NaN, (mean, std) each B x 1 x D)."""
+        weight, bias = self.affine(x.shape[-1], known)
         observed = torch.isfinite(x)
         count = observed.sum(dim=1, keepdim=True).clamp_min(1)
         zeroed = torch.where(observed, x, torch.zeros_like(x))
         mean = zeroed.sum(dim=1, keepdim=True) / count
         centred = torch.where(observed, x - mean, torch.zeros_like(x))
         std = torch.sqrt(centred.square().sum(dim=1, keepdim=True) / count + self.eps)
-        y = centred / std * self.weight + self.bias
-        y = torch.where(observed, y, torch.zeros_like(y))  # missing steps sit at the (normalized) window mean
+        y = centred / std * weight + bias
+        y = torch.where(observed, y, bias.expand_as(y))  # missing steps sit at the (normalized) window mean
         return y, (mean.detach(), std.detach())
 
-    def denormalize(self, y: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
+    def denormalize(self, y: Tensor, stats: tuple[Tensor, Tensor], known: bool = True) -> Tensor:
         mean, std = stats
-        return (y - self.bias) / (self.weight + self.eps * self.eps) * std + mean
+        weight, bias = self.affine(y.shape[-1], known)
+        return (y - bias) / (weight + self.eps * self.eps) * std + mean
 
 
 # --- baselines -------------------------------------------------------------------------------------------
