@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from experiments.transfer.report import main, summarize
 
 
@@ -10,6 +12,7 @@ def test_summary_gives_mean_and_worst():
     assert summarize([2.0, 4.0], False) == "3.0000 (max 4.0000)"
 
 
+@pytest.mark.slow  # two training processes (~45 s on 2 cores)
 def test_timeseries_report_trains_on_mini_and_on_the_real_stations(tmp_path, capsys):
     record = main(["timeseries", "--seeds", "0", "--out", str(tmp_path), "--check-root", str(tmp_path / "nyc"), "--",
                    "debug=fast_dev_run", "data.num_workers=0"])
