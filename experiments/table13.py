@@ -7,8 +7,11 @@ Writes ``table13.md``, ``table13.csv`` and ``table13.png`` (grouped bars: this s
 metric) into the given directory (``--out`` elsewhere) and prints the markdown table.
 
 Rows are backbone families with their K (ResNet K=3, ConvNeXt K=7, UniRepLKNet K=11 / K=13; other K found in
-the runs get rows of their own); a cell is the latest completed run of that row and modality, "failed" when its
-only runs failed. Accuracies are shown in %, forecasting errors in physical units (``test/mse_phys`` when the run
+the runs get rows of their own); a cell is the latest completed run of that row and modality per seed, "failed"
+when its only runs failed. With several seeds (``sweep=table13_mini seeds=3``) a cell is the mean over seeds with
+its standard deviation (error bars in the chart), the best row of a column is bold, a cell that differs from it
+beyond the noise (Welch's t-test over the seeds, p < 0.05) is marked with a dagger, and table13.md lists every
+pair of rows whose difference exceeds the noise. Accuracies are shown in %, forecasting errors in physical units (``test/mse_phys`` when the run
 logged it). The paper's time-series column is labelled MAE, but its values are Table 9's temperature MSE
 (UniRepLKNet-S: 7.602 / 1.832 MSE / MAE), so they sit beside the MSE column here.
 """
@@ -58,6 +61,7 @@ PAPER = {
 }
 FAMILIES = ("ResNet", "ConvNeXt", "UniRepLKNet")
 FAILED = "failed"
+NOISE_P = 0.05  # Welch's t-test level at which a difference between two rows counts as beyond the noise
 
 
 def backbone_family(name: str) -> str:
@@ -93,12 +97,14 @@ def _run_kernel(run: pd.Series) -> int | None:
 def collect_cells(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (Table 13 row, metric) found in ``df`` (from ``load_results``).
 
-    Columns: row, family, kernel, metric, modality, value (display units; NaN when failed), status
-    (completed / failed), backbone (the names behind the row), runs (how many results of that cell), run_dir.
+    Columns: row, family, kernel, metric, modality, value (display units, the mean over seeds; NaN when failed),
+    std (over seeds, NaN for one seed), seeds (how many), values (one per seed), status (completed / failed),
+    backbone (the names behind the row), runs (how many results of that cell), run_dir (the latest run).
     """
+    columns = ["row", "family", "kernel", "metric", "modality", "value", "std", "seeds", "values", "status",
+               "backbone", "runs", "run_dir"]
     if df.empty:
-        return pd.DataFrame(columns=["row", "family", "kernel", "metric", "modality", "value", "status",
-                                     "backbone", "runs", "run_dir"])
+        return pd.DataFrame(columns=columns)
     df = df.copy()
     if "status" not in df:
         df["status"] = "completed"
@@ -106,6 +112,7 @@ def collect_cells(df: pd.DataFrame) -> pd.DataFrame:
     df["family"] = df["backbone"].map(backbone_family)
     df["kernel"] = [_run_kernel(run) for _, run in df.iterrows()]
     df["finished"] = df.get("finished", pd.Series("", index=df.index)).fillna("")
+    df["seed"] = df.get("seed", pd.Series(0, index=df.index)).fillna(0)
     cells = []
     for metric in METRICS:
         runs = df[df["modality"] == metric.modality]
@@ -113,19 +120,55 @@ def collect_cells(df: pd.DataFrame) -> pd.DataFrame:
             kernel = None if pd.isna(kernel) else int(kernel)
             done = group[group["status"] == "completed"]
             key = next((k for k in metric.keys if k in done and done[k].notna().any()), None)
+            values: list[float] = []
             if key is not None:
-                best = done[done[key].notna()].sort_values("finished").iloc[-1]
-                value, status, run_dir = float(best[key]) * metric.scale, "completed", best.get("run_dir")
+                latest = done[done[key].notna()].sort_values("finished").groupby("seed").tail(1).sort_values("seed")
+                values = [float(v) * metric.scale for v in latest[key]]
+                value, status, run_dir = float(np.mean(values)), "completed", latest.sort_values("finished").iloc[-1].get("run_dir")
             else:
                 value, status = float("nan"), FAILED if (group["status"] == FAILED).any() else "missing"
                 run_dir = group.sort_values("finished").iloc[-1].get("run_dir")
             cells.append({
                 "row": row_label(family, kernel), "family": family, "kernel": kernel, "metric": metric.label,
-                "modality": metric.modality, "value": value, "status": status,
+                "modality": metric.modality, "value": value,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+                "seeds": len(values), "values": values, "status": status,
                 "backbone": ", ".join(sorted(set(group["backbone"].astype(str)))), "runs": len(group),
                 "run_dir": run_dir,
             })
-    return pd.DataFrame(cells)
+    return pd.DataFrame(cells, columns=columns)
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test between two rows' per-seed values; NaN with fewer than 2 seeds each.
+
+    Two noiseless rows (std 0) that differ are beyond the noise (p = 0); equal ones are not (p = 1).
+    """
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def noise_comparisons(cells: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of rows within each metric with its difference of means and Welch's p-value.
+
+    Columns: metric, row_a, row_b, diff (mean a - mean b, display units), p, beyond_noise (p < ``NOISE_P``).
+    Only cells with at least two seeds on both sides are compared.
+    """
+    pairs = []
+    done = cells[(cells["status"] == "completed") & (cells["seeds"] >= 2)]
+    for metric, group in done.groupby("metric", sort=False):
+        rows = list(group.itertuples())
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                p = welch_p(a.values, b.values)
+                pairs.append({"metric": metric, "row_a": a.row, "row_b": b.row, "diff": a.value - b.value,
+                              "p": p, "beyond_noise": bool(p < NOISE_P)})
+    return pd.DataFrame(pairs, columns=["metric", "row_a", "row_b", "diff", "p", "beyond_noise"])
 
 
 def _row_order(cells: pd.DataFrame) -> list[tuple[str, int | None]]:
@@ -137,29 +180,39 @@ def _row_order(cells: pd.DataFrame) -> list[tuple[str, int | None]]:
 def build_table(cells: pd.DataFrame, paper: bool = True) -> pd.DataFrame:
     """Table 13's layout: one row per backbone row, per metric this sweep's value (and the paper's beside it).
 
-    A cell holds a float, ``"failed"`` (its runs failed) or NaN (no run of that modality).
+    A cell holds a float (the mean over seeds), ``"failed"`` (its runs failed) or NaN (no run of that modality);
+    with more than one seed in any cell, ``<metric> std`` columns hold the standard deviations.
     """
     rows = _row_order(cells)
     table = pd.DataFrame(index=pd.Index([row_label(f, k) for f, k in rows], name="backbone row"))
     names = cells.groupby("row")["backbone"].agg(lambda s: ", ".join(sorted(set(", ".join(s).split(", ")))))
     table["backbones"] = names.reindex(table.index)
+    seeded = bool((cells["seeds"] > 1).any())
     for metric in METRICS:
-        column = []
+        column, spread = [], []
         for family, kernel in rows:
             cell = cells[(cells["metric"] == metric.label) & (cells["row"] == row_label(family, kernel))]
             if cell.empty:
                 column.append(float("nan"))
+                spread.append(float("nan"))
             else:
                 column.append(cell["value"].iloc[0] if cell["status"].iloc[0] == "completed" else cell["status"].iloc[0])
+                spread.append(cell["std"].iloc[0])
         table[metric.label] = pd.Series(column, index=table.index, dtype=object)
+        if seeded:
+            table[f"{metric.label} std"] = spread
         if paper:
             values = [PAPER.get((f, k), {}).get(metric.label, float("nan")) for f, k in rows]
             table[f"{metric.label} paper"] = values
     return table
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """The table with values rounded (3 decimals for errors, 1 for %), "-" for cells with no run."""
+def to_markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
+    """The table with values rounded (3 decimals for errors, 1 for %), "-" for cells with no run.
+
+    Seeded tables show "mean ± std"; with ``comparisons`` (``noise_comparisons``) the best row of each metric is
+    bold and a cell beyond the noise of that best row carries a dagger.
+    """
     def fmt(column: str, value) -> str:
         if isinstance(value, str):
             return value
@@ -168,10 +221,24 @@ def to_markdown(table: pd.DataFrame) -> str:
         return f"{value:.1f}" if "%" in column else f"{value:.3f}"
 
     shown = table.copy().astype(object)
-    for column in shown.columns:
-        if column != "backbones":
-            shown[column] = [fmt(column, v) for v in table[column]]
-    return shown.to_markdown()
+    for column in [c for c in shown.columns if c != "backbones" and not c.endswith(" std")]:
+        shown[column] = [fmt(column, v) for v in table[column]]
+        if f"{column} std" not in table:
+            continue
+        shown[column] = [text if pd.isna(sd) else f"{text} ± {fmt(column, sd)}"
+                         for text, sd in zip(shown[column], table[f"{column} std"])]
+        metric = next((m for m in METRICS if m.label == column), None)
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        if metric is None or comparisons is None or comparisons.empty or numbers.isna().all():
+            continue
+        best = numbers.idxmin() if metric.lower_is_better else numbers.idxmax()
+        beyond = comparisons[(comparisons["metric"] == column) & comparisons["beyond_noise"]
+                             & ((comparisons["row_a"] == best) | (comparisons["row_b"] == best))]
+        marked = set(beyond["row_a"]) | set(beyond["row_b"])
+        shown.loc[best, column] = f"**{shown.loc[best, column]}**"
+        for row in marked - {best}:
+            shown.loc[row, column] = f"{shown.loc[row, column]} †"
+    return shown.drop(columns=[c for c in shown.columns if c.endswith(" std")]).to_markdown()
 
 
 def plot_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Table 13") -> Path:
@@ -186,7 +253,11 @@ def plot_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Table
     x = np.arange(len(table.index))
     for ax, label in zip(axes[0], labels):
         ours = pd.to_numeric(table[label], errors="coerce").to_numpy(dtype=float)
-        ax.bar(x - 0.2, np.nan_to_num(ours), width=0.4, label="this sweep", color="tab:blue")
+        spread = (pd.to_numeric(table[f"{label} std"], errors="coerce").to_numpy(dtype=float)
+                  if f"{label} std" in table else None)
+        ax.bar(x - 0.2, np.nan_to_num(ours), width=0.4, label="this sweep (mean ± std)" if spread is not None
+               else "this sweep", color="tab:blue",
+               yerr=None if spread is None else np.nan_to_num(spread), capsize=3, ecolor="black")
         for xi, value, raw in zip(x, ours, table[label]):
             if isinstance(raw, str):
                 ax.text(xi - 0.2, 0, raw, rotation=90, ha="center", va="bottom", fontsize=7, color="tab:red")
@@ -216,15 +287,30 @@ def write_table13(root: str | os.PathLike, out: str | os.PathLike | None = None)
     if cells.empty:
         raise ValueError(f"no run below {root} is of a Table 13 modality ({', '.join(sorted({m.modality for m in METRICS}))})")
     table = build_table(cells)
+    comparisons = noise_comparisons(cells)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(table)
+    markdown = to_markdown(table, comparisons)
     failed = cells[cells["status"] == FAILED]
+    seeds = sorted(set(cells.loc[cells["status"] == "completed", "seeds"]))
     notes = [
         "",
         f"{len(df)} runs below {Path(root)}. Accuracies in %, time-series errors in physical units; the paper's",
         "time-series values (labelled MAE in its Table 13) are its Table 9 temperature MSE, shown beside MSE.",
     ]
+    if seeds and max(seeds) > 1:
+        notes += [
+            f"Seeds per cell: {', '.join(map(str, seeds))}; mean ± std (sample standard deviation over seeds). Bold: the",
+            f"best row of a column; †: beyond the noise of that best row (Welch's t-test, p < {NOISE_P}).",
+            "",
+            "Differences beyond the noise:" if comparisons["beyond_noise"].any() else
+            "No difference between two rows exceeds the noise.",
+        ]
+        notes += [f"- {c.metric}: {c.row_a} - {c.row_b} = {c.diff:+.3g} (p = {c.p:.3f})"
+                  for c in comparisons[comparisons["beyond_noise"]].itertuples()]
+        notes.append("")
+    else:
+        notes.append("One seed per cell: no noise estimate (sweep=table13_mini seeds=3 for mean ± std).")
     notes += [f"failed: {r.row} on {r.modality} ({r.run_dir})" for r in failed.drop_duplicates(["row", "modality"]).itertuples()]
     paths = {"markdown": out / "table13.md", "csv": out / "table13.csv", "png": out / "table13.png"}
     paths["markdown"].write_text(markdown + "\n" + "\n".join(notes) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_table13_mini_grid_is_4_backbones_by_4_modalities_in_one_dir():
         budget = OmegaConf.to_container(cfg.mini_budget)[modality]
         assert cfg.trainer.max_epochs == budget["max_epochs"]
         assert cfg.trainer.limit_train_batches == budget["limit_train_batches"]
-        assert cfg.hydra.sweep.subdir == f"7_{modality}_{row}"
+        assert cfg.hydra.sweep.subdir == f"7_{modality}_{row}_seed0"
         sweep_dirs.add(cfg.hydra.sweep.dir.rsplit("/", 1)[0])
         if row == "resnet":  # the modality's own recipe, apart from the budget
             plain = compose_config([f"modality={modality}"])
@@ -192,6 +193,58 @@ def test_table13_cli_writes_markdown_csv_and_chart(sweep_dir, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def write_seeded_record(root: Path, modality: str, row: str, seed: int, acc: float) -> None:
+    write_record(root, f"{modality}_{row}_seed{seed}", modality, row, {"test/acc": acc})
+    path = root / f"{modality}_{row}_seed{seed}" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": seed}))
+
+
+def test_seeded_table_has_mean_std_error_bars_and_noise_marks(tmp_path):
+    root = tmp_path / "seeded"
+    # audio: K13 clearly above ResNet; K11 within the noise of K13 (overlapping seeds)
+    audio = {"resnet": [0.50, 0.52, 0.48], "unireplknet_k11": [0.80, 0.70, 0.90], "unireplknet_k13": [0.84, 0.86, 0.85]}
+    for row, accs in audio.items():
+        for seed, acc in enumerate(accs):
+            write_seeded_record(root, "audio", row, seed, acc)
+    write_record(root, "old_rerun", "audio", "resnet", {"test/acc": 0.99}, finished="2000-01-01T00:00:00")
+    cells = table13.collect_cells(load_results(root))
+    k13 = cells[(cells["row"] == "UniRepLKNet (K=13)") & (cells["metric"] == "Audio Acc (%)")].iloc[0]
+    assert k13["seeds"] == 3 and k13["value"] == pytest.approx(85.0) and k13["std"] == pytest.approx(1.0)
+    resnet = cells[(cells["row"] == "ResNet (K=3)") & (cells["metric"] == "Audio Acc (%)")].iloc[0]
+    assert resnet["value"] == pytest.approx(50.0)  # the older seed-0 run (0.99) is replaced by the latest one
+    comparisons = table13.noise_comparisons(cells).set_index(["row_a", "row_b"])
+    assert comparisons.loc[("ResNet (K=3)", "UniRepLKNet (K=13)"), "beyond_noise"]
+    assert comparisons.loc[("ResNet (K=3)", "UniRepLKNet (K=13)"), "diff"] == pytest.approx(-35.0)
+    assert not comparisons.loc[("UniRepLKNet (K=11)", "UniRepLKNet (K=13)"), "beyond_noise"]
+    table = table13.build_table(cells)
+    assert table.loc["UniRepLKNet (K=11)", "Audio Acc (%) std"] == pytest.approx(10.0)
+
+    paths = table13.write_table13(root, tmp_path / "out")
+    markdown = paths["markdown"].read_text()
+    assert "**85.0 ± 1.0**" in markdown  # the best row, bold
+    assert "50.0 ± 2.0 †" in markdown  # beyond the noise of the best
+    assert re.search(r"\| 80\.0 ± 10\.0 +\|", markdown)  # within the noise: no mark
+    assert "Audio Acc (%): ResNet (K=3) - UniRepLKNet (K=13) = -35" in markdown
+    assert "UniRepLKNet (K=11) - UniRepLKNet (K=13)" not in markdown
+    csv = pd.read_csv(paths["csv"], index_col=0)
+    assert csv.loc["ResNet (K=3)", "Audio Acc (%) std"] == pytest.approx(2.0)
+
+
+def test_welch_p_handles_small_and_noiseless_samples():
+    assert math.isnan(table13.welch_p([1.0], [2.0, 3.0]))
+    assert table13.welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert table13.welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0
+    assert table13.welch_p([1.0, 2.0, 3.0], [1.5, 2.5, 2.0]) > 0.5
+
+
+def test_seeds_key_expands_the_table13_grid():
+    cfg = compose_config(["sweep=table13_mini", "modality=audio", "seeds=3"])
+    assert cfg.hydra.sweeper.params["seed"] == "range(0,3)"
+    cfg = compose_config(["sweep=table13_mini", "modality=audio", "+table13_row=mini_resnet", "seed=2",
+                          "hydra.job.num=4"])
+    assert cfg.hydra.sweep.subdir == "4_audio_resnet_seed2"
+
+
 def test_table13_cli_on_an_empty_dir_says_what_to_run(tmp_path, capsys):
     assert table13.main([str(tmp_path)]) == 1
     assert "sweep=table13_mini" in capsys.readouterr().err
@@ -206,7 +259,7 @@ def test_mini_sweep_command_end_to_end(tmp_path):
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (runs / "multirun" / "table13_mini").iterdir()
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_pointcloud_resnet", "1_pointcloud_unireplknet_k13"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_pointcloud_resnet_seed0", "1_pointcloud_unireplknet_k13_seed0"]
     paths = table13.write_table13(sweep)
     table = pd.read_csv(paths["csv"], index_col=0)
     assert list(table.index) == ["ResNet (K=3)", "UniRepLKNet (K=13)"]
