@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.backbones.layers import SEBlock
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
 CANDIDATES = ("eager", "compile", "compile_frozen")
@@ -93,6 +94,11 @@ class FastBlock(nn.Module):
         super().__init__()
         if not block.deployed:
             raise ValueError("FastBlock needs a re-parameterized block (call reparameterize() first)")
+        if not isinstance(block.se, SEBlock):
+            raise ValueError(
+                f"the fast inference path implements the published block (SE Block); a block with "
+                f"extra_structure={block.extra_structure!r} (a Table 1 ablation) runs with the model itself"
+            )
         conv = block.dwconv.lk_origin if isinstance(block.dwconv, DilatedReparamBlock) else block.dwconv
         self.kernel_size = block.kernel_size
         if isinstance(conv, nn.Conv2d):

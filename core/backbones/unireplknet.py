@@ -8,6 +8,10 @@ Structure (backbone.md):
     stem:        conv3x3 s2 -> LN -> GELU -> conv3x3 s2 -> LN          (stride 4)
     stage i:     [downsample conv3x3 s2 -> LN] then depths[i] blocks    (strides 8, 16, 32)
     block:       y = SE(BN(DW(x)));  y = BN(Linear(GRN(GELU(Linear(y)))));  out = x + DropPath(gamma * y)
+
+The Section 3 ablations are options whose defaults are the published structure: ``extra_structure`` (Table 1:
+what sits where SE sits), ``reparam`` (Table 2: the parallel branches of the large-kernel conv) and, through
+``create_unireplknet(stage_layouts=...)``, the LarK / SmaK layout of each stage (Table 4).
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ SMALL_KERNELS = (0, 3, 5)  # 0: no spatial conv; 3 and 5: a plain depthwise conv
 LARGE_KERNEL_MIN = 7  # blocks with K >= 7 use the Dilated Reparam Block
 SUPPORTED_KERNELS = tuple(sorted({*SMALL_KERNELS, *DILATED_BRANCHES}))
 
+# Table 1: the extra structure of every block (Fig. 3), placed where the published block has its SE Block
+EXTRA_STRUCTURES = ("se", "none", "bottleneck", "two_1x1", "two_dw3x3")
+# Table 2: the parallel branches that re-parameterize a K x K conv (K >= 7): the Dilated Reparam Block, none,
+# the same kernel sizes without dilation (variant A), the same equivalent kernel sizes without dilation (B)
+REPARAM_FORMS = ("dilated", "none", "same_kernel", "same_eq_kernel")
+# Table 4: one letter per block of a stage layout
+LAYOUT_LETTERS = {"L": "LarK (the model's large K)", "S": "SmaK (3 x 3)", "N": "no spatial conv (w/o 3 x 3)"}
+
 
 def check_kernel_size(kernel_size: int) -> int:
     if kernel_size not in SUPPORTED_KERNELS:
@@ -50,42 +62,138 @@ def check_kernel_size(kernel_size: int) -> int:
     return kernel_size
 
 
+def reparam_branches(kernel_size: int, reparam="dilated") -> tuple[tuple[int, int], ...]:
+    """The (kernel k, dilation r) of each parallel branch of a K x K conv under re-parameterization form ``reparam``.
+
+    ``reparam`` is one of ``REPARAM_FORMS`` or an explicit list of (k, r) pairs (the same for every K, so each
+    branch must fit the smallest large kernel of the model: (k - 1) r + 1 <= K, k odd).
+    """
+    if isinstance(reparam, str):
+        if reparam not in REPARAM_FORMS:
+            raise ValueError(f"unknown reparam {reparam!r}; valid choices: {', '.join(REPARAM_FORMS)} "
+                             "or a list of [k, r] branches")
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(f"no published branches for K={kernel_size}; supported: {sorted(DILATED_BRANCHES)}")
+        published = DILATED_BRANCHES[kernel_size]
+        return {
+            "dilated": published,
+            "none": (),
+            "same_kernel": tuple((k, 1) for k, _ in published),
+            "same_eq_kernel": tuple(((k - 1) * r + 1, 1) for k, r in published),
+        }[reparam]
+    try:
+        branches = tuple((int(k), int(r)) for k, r in reparam)
+    except (TypeError, ValueError):
+        raise ValueError(f"reparam branches must be [k, r] pairs, got {reparam!r}") from None
+    for k, r in branches:
+        if k < 1 or k % 2 == 0 or r < 1 or (k - 1) * r + 1 > kernel_size:
+            raise ValueError(
+                f"reparam branch (k={k}, r={r}) does not fit a {kernel_size} x {kernel_size} kernel: k must be odd "
+                f"and (k - 1) * r + 1 <= {kernel_size}"
+            )
+    return branches
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels)
+
+
+class ConvBN(nn.Sequential):
+    """Conv (no bias) + BN, optionally followed by ReLU; ``reparameterize()`` folds the BN into the conv."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, groups: int = 1, relu: bool = True,
+                 deploy: bool = False):
+        super().__init__()
+        self.add_module("conv", nn.Conv2d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, groups=groups,
+                                          bias=deploy))
+        if not deploy:
+            self.add_module("bn", _bn(out_dim))
+        if relu:
+            self.add_module("act", nn.ReLU())
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if not hasattr(self, "bn"):
+            return
+        conv = self.conv
+        weight, bias = fuse_bn(conv.weight, conv.bias, self.bn)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
+                          groups=conv.groups, bias=True).to(weight.device, weight.dtype)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        self.conv = fused
+        del self.bn
+
+
+def build_extra_structure(name: str, dim: int, deploy: bool = False) -> nn.Module:
+    """Table 1 / Fig. 3: the structure a block adds after its spatial conv and BN to gain depth.
+
+    ``se``: the published SE Block (1/4 reduction). The others follow the paper's text, with BN and ReLU after
+    every conv: ``bottleneck`` 1x1 (C -> C/4), DW 3x3, 1x1 (C/4 -> C); ``two_1x1`` 1x1 (C -> C/4), 1x1
+    (C/4 -> C); ``two_dw3x3`` two DW 3x3 convs; ``none`` nothing.
+    """
+    if name not in EXTRA_STRUCTURES:
+        raise ValueError(f"unknown extra_structure {name!r}; valid choices: {', '.join(EXTRA_STRUCTURES)}")
+    reduced = max(dim // 4, 1)
+    if name == "se":
+        return SEBlock(dim, dim // 4)
+    if name == "none":
+        return nn.Identity()
+    if name == "bottleneck":
+        return nn.Sequential(ConvBN(dim, reduced, 1, deploy=deploy),
+                             ConvBN(reduced, reduced, 3, groups=reduced, deploy=deploy),
+                             ConvBN(reduced, dim, 1, deploy=deploy))
+    if name == "two_1x1":
+        return nn.Sequential(ConvBN(dim, reduced, 1, deploy=deploy), ConvBN(reduced, dim, 1, deploy=deploy))
+    return nn.Sequential(ConvBN(dim, dim, 3, groups=dim, deploy=deploy),
+                         ConvBN(dim, dim, 3, groups=dim, deploy=deploy))
 
 
 class DilatedReparamBlock(nn.Module):
     """Depthwise K x K conv plus parallel dilated small-kernel depthwise convs, each with its own BN.
 
+    ``branches``: the (k, r) of each parallel branch; None: the published ones for K (``DILATED_BRANCHES``).
+    Branch modules are named ``dil_conv_k{k}_{r}`` / ``dil_bn_k{k}_{r}`` as in the published checkpoints (a
+    repeated (k, r), possible in the Table 2 variants, gets a ``_<n>`` suffix).
     ``reparameterize()`` merges everything into ``lk_origin``: one K x K depthwise conv with bias.
     """
 
-    def __init__(self, channels: int, kernel_size: int, deploy: bool = False):
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False,
+                 branches: Sequence[tuple[int, int]] | None = None):
         super().__init__()
-        if kernel_size not in DILATED_BRANCHES:
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"DilatedReparamBlock needs an odd kernel size >= 3, got {kernel_size!r}")
+        if branches is None and kernel_size not in DILATED_BRANCHES:
             raise ValueError(
                 f"DilatedReparamBlock supports kernel sizes {sorted(DILATED_BRANCHES)}, got {kernel_size!r}"
             )
         self.kernel_size = kernel_size
-        self.branches = DILATED_BRANCHES[kernel_size]
+        self.branches = DILATED_BRANCHES[kernel_size] if branches is None else reparam_branches(kernel_size, branches)
+        self.branch_names = []
+        for k, r in self.branches:
+            name, n = f"k{k}_{r}", 1
+            while name in self.branch_names:
+                n += 1
+                name = f"k{k}_{r}_{n}"
+            self.branch_names.append(name)
         self.lk_origin = nn.Conv2d(
             channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=deploy
         )
         self.deployed = deploy
         if not deploy:
             self.origin_bn = _bn(channels)
-            for k, r in self.branches:
+            for (k, r), name in zip(self.branches, self.branch_names):
                 padding = ((k - 1) * r + 1) // 2
                 conv = nn.Conv2d(channels, channels, k, padding=padding, dilation=r, groups=channels, bias=False)
-                self.add_module(f"dil_conv_k{k}_{r}", conv)
-                self.add_module(f"dil_bn_k{k}_{r}", _bn(channels))
+                self.add_module(f"dil_conv_{name}", conv)
+                self.add_module(f"dil_bn_{name}", _bn(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deployed:
             return self.lk_origin(x)
         out = self.origin_bn(self.lk_origin(x))
-        for k, r in self.branches:
-            out = out + getattr(self, f"dil_bn_k{k}_{r}")(getattr(self, f"dil_conv_k{k}_{r}")(x))
+        for name in self.branch_names:
+            out = out + getattr(self, f"dil_bn_{name}")(getattr(self, f"dil_conv_{name}")(x))
         return out
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,10 +202,8 @@ class DilatedReparamBlock(nn.Module):
             return self.lk_origin.weight, self.lk_origin.bias
         main = fuse_bn(self.lk_origin.weight, None, self.origin_bn)
         branches = []
-        for k, r in self.branches:
-            weight, bias = fuse_bn(
-                getattr(self, f"dil_conv_k{k}_{r}").weight, None, getattr(self, f"dil_bn_k{k}_{r}")
-            )
+        for (_, r), name in zip(self.branches, self.branch_names):
+            weight, bias = fuse_bn(getattr(self, f"dil_conv_{name}").weight, None, getattr(self, f"dil_bn_{name}"))
             branches.append((weight, bias, r))
         return merge_dilated_branches(main, branches)
 
@@ -114,9 +220,9 @@ class DilatedReparamBlock(nn.Module):
         fused.bias.copy_(bias)
         self.lk_origin = fused
         del self.origin_bn
-        for k, r in self.branches:
-            delattr(self, f"dil_conv_k{k}_{r}")
-            delattr(self, f"dil_bn_k{k}_{r}")
+        for name in self.branch_names:
+            delattr(self, f"dil_conv_{name}")
+            delattr(self, f"dil_bn_{name}")
         self.deployed = True
 
 
@@ -124,7 +230,8 @@ class UniRepLKNetBlock(nn.Module):
     """One UniRepLKNet block: depthwise spatial conv + BN + SE, then a GRN FFN, layer scale and drop path.
 
     K >= 7 is a large-kernel (LarK) block using the Dilated Reparam Block; K = 3 or 5 a small-kernel (SmaK)
-    block with a plain depthwise conv; K = 0 has no spatial conv.
+    block with a plain depthwise conv; K = 0 has no spatial conv. ``extra_structure`` (Table 1) replaces the SE
+    Block (the module keeps the name ``se``); ``reparam`` (Table 2) sets the parallel branches of a LarK conv.
     """
 
     def __init__(
@@ -135,6 +242,8 @@ class UniRepLKNetBlock(nn.Module):
         layer_scale_init_value: float | None = 1e-6,
         deploy: bool = False,
         ffn_factor: int = 4,
+        extra_structure: str = "se",
+        reparam="dilated",
     ):
         super().__init__()
         check_kernel_size(kernel_size)
@@ -142,11 +251,13 @@ class UniRepLKNetBlock(nn.Module):
         if kernel_size == 0:
             self.dwconv = nn.Identity()
         elif kernel_size >= LARGE_KERNEL_MIN:
-            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy)
+            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy,
+                                              branches=reparam_branches(kernel_size, reparam))
         else:
             self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=deploy)
         self.norm = nn.Identity() if deploy or kernel_size == 0 else _bn(dim)
-        self.se = SEBlock(dim, dim // 4)
+        self.extra_structure = extra_structure
+        self.se = build_extra_structure(extra_structure, dim, deploy=deploy)
         hidden = ffn_factor * dim
         self.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(dim, hidden))
         self.act = nn.Sequential(nn.GELU(), GRN(hidden, use_bias=not deploy))
@@ -193,6 +304,9 @@ class UniRepLKNetBlock(nn.Module):
             else:
                 self.dwconv = fused
         self.norm = nn.Identity()
+        for module in self.se.modules():  # the BNs of a Table 1 extra structure (SE has none)
+            if isinstance(module, ConvBN):
+                module.reparameterize()
 
         grn: GRN = self.act[1]
         linear: nn.Linear = self.pwconv2[0]
@@ -235,6 +349,10 @@ class UniRepLKNet(nn.Module):
         layer_scale_init_value: initial layer scale (None or 0 disables it).
         head_init_scale: multiplier of the initial head weight and bias.
         deploy: build the re-parameterized (inference) structure directly.
+        extra_structure: Table 1, what every block has where the published one has its SE Block
+            (``EXTRA_STRUCTURES``; default "se").
+        reparam: Table 2, the parallel branches of every LarK conv: a form of ``REPARAM_FORMS`` (default
+            "dilated", the Dilated Reparam Block) or a list of [k, r] branches.
     """
 
     def __init__(
@@ -249,6 +367,8 @@ class UniRepLKNet(nn.Module):
         head_init_scale: float = 1.0,
         deploy: bool = False,
         global_pool: str = "avg",
+        extra_structure: str = "se",
+        reparam="dilated",
     ):
         super().__init__()
         depths, dims = tuple(depths), tuple(dims)
@@ -266,6 +386,12 @@ class UniRepLKNet(nn.Module):
         for stage in kernel_sizes:
             for k in stage:
                 check_kernel_size(k)
+                if k >= LARGE_KERNEL_MIN:
+                    reparam_branches(k, reparam)  # an unknown form or a branch too large for K fails here
+        if extra_structure not in EXTRA_STRUCTURES:
+            raise ValueError(f"unknown extra_structure {extra_structure!r}; valid choices: {', '.join(EXTRA_STRUCTURES)}")
+        self.extra_structure = extra_structure
+        self.reparam = reparam if isinstance(reparam, str) else tuple(tuple(int(v) for v in b) for b in reparam)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.depths, self.dims, self.kernel_sizes = depths, dims, kernel_sizes
@@ -285,6 +411,7 @@ class UniRepLKNet(nn.Module):
                 UniRepLKNetBlock(
                     dims[i], kernel_sizes[i][j], drop_path=rates[cursor + j],
                     layer_scale_init_value=layer_scale_init_value, deploy=deploy,
+                    extra_structure=extra_structure, reparam=self.reparam,
                 )
                 for j in range(depths[i])
             ]
@@ -419,6 +546,7 @@ class UniRepLKNet(nn.Module):
         twin = UniRepLKNet(
             in_chans=self.in_chans, num_classes=self.num_classes, depths=self.depths, dims=self.dims,
             kernel_sizes=self.kernel_sizes, global_pool=self.global_pool,
+            extra_structure=self.extra_structure, reparam=self.reparam,
         )
         load_state(twin, state, strict=strict, skip_head=skip_head)
         if skip_head and isinstance(self.head, nn.Linear):
@@ -472,6 +600,51 @@ def stage_kernel_sizes(variant: str, per_stage: Sequence[int]) -> list[list[int]
     return blocks
 
 
+def parse_layout(layout: str) -> str:
+    """A stage layout in Table 4's terms -> one letter per block (``LAYOUT_LETTERS``).
+
+    Letters L (LarK), S (SmaK 3x3), N (no spatial conv: "w/o 3x3"); a part may be repeated with ``*n`` and parts
+    are joined with ``+``: ``"LSS*9"`` is nine times LarK, SmaK, SmaK (the published 27-block stage 3),
+    ``"LS*13+L"`` the interleaved 14 LarK + 13 SmaK, ``"L*27"`` all LarK.
+    """
+    blocks = []
+    for part in str(layout).replace(" ", "").upper().split("+"):
+        pattern, _, times = part.partition("*")
+        if not pattern or any(c not in LAYOUT_LETTERS for c in pattern) or (times and not times.isdigit()):
+            raise ValueError(
+                f"bad stage layout {layout!r}: expected letters {'/'.join(LAYOUT_LETTERS)} (LarK / SmaK / no spatial "
+                "conv), optionally repeated with *n and joined with +, e.g. 'LSS*9' or 'LS*13+L'"
+            )
+        blocks.append(pattern * (int(times) if times else 1))
+    letters = "".join(blocks)
+    if not letters:
+        raise ValueError(f"stage layout {layout!r} has no blocks")
+    return letters
+
+
+def layout_kernel_sizes(variant: str, stage_layouts, kernel_size: int | None = None):
+    """``stage_layouts`` (one layout string or None per stage) -> (depths, kernel_sizes) of UniRepLKNet ``variant``.
+
+    A stage given a layout gets one block per letter (L: ``kernel_size`` or 13, S: 3, N: 0); a stage left None keeps
+    the variant's blocks (their large kernels set to ``kernel_size`` when given). Paper Table 4 on S:
+    ``[None, None, "LSS*9", None]`` is the published S, ``"L*9"`` the shallow model of Tables 1-3.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"stage layouts apply to UniRepLKNet only, not to {variant!r}")
+    if stage_layouts is None or isinstance(stage_layouts, str) or len(stage_layouts) != 4:
+        raise ValueError(f"stage_layouts needs one entry per stage (4; None keeps a stage), got {stage_layouts!r}")
+    large = check_kernel_size(int(kernel_size)) if kernel_size is not None else 13
+    if large < LARGE_KERNEL_MIN:
+        raise ValueError(f"the L blocks of a layout need a large kernel (K >= {LARGE_KERNEL_MIN}), got {large}")
+    defaults = default_kernel_sizes(VARIANTS[variant]["depths"])
+    if kernel_size is not None:
+        defaults = override_kernel_size(defaults, kernel_size)
+    letters_to_k = {"L": large, "S": 3, "N": 0}
+    kernels = [list(d) if layout is None else [letters_to_k[c] for c in parse_layout(layout)]
+               for d, layout in zip(defaults, stage_layouts)]
+    return tuple(len(k) for k in kernels), kernels
+
+
 def override_kernel_size(kernel_sizes, kernel_size: int):
     """Replace K of every large-kernel block (default K >= 7) by ``kernel_size`` (Table 3 / 13 ablations)."""
     check_kernel_size(kernel_size)
@@ -488,10 +661,13 @@ def _cfg(**kwargs) -> dict:
 
 
 def create_unireplknet(
-    variant: str, pretrained: bool = False, kernel_size: int | None = None, **kwargs
+    variant: str, pretrained: bool = False, kernel_size: int | None = None, stage_layouts=None, **kwargs
 ) -> UniRepLKNet:
     """UniRepLKNet variant ``variant`` (a key of ``VARIANTS``) of this module, built with timm's
-    ``build_model_with_cfg`` (pretrained-cfg, ``features_only``) but without timm's global name registry."""
+    ``build_model_with_cfg`` (pretrained-cfg, ``features_only``) but without timm's global name registry.
+
+    ``stage_layouts`` (Table 4): per stage a LarK / SmaK layout string or None, see ``layout_kernel_sizes``; it
+    sets that stage's depth and kernel sizes."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown UniRepLKNet variant {variant!r}; valid choices: {', '.join(VARIANTS)}")
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
@@ -504,7 +680,11 @@ def create_unireplknet(
     if overlay.get("file"):  # route weight files through core.checkpoint (weights-only, in_chans, structure)
         kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     arch = dict(VARIANTS[variant])
-    if kernel_size is not None:
+    if stage_layouts is not None:
+        if kwargs.get("kernel_sizes") is not None:
+            raise ValueError("give either stage_layouts or kernel_sizes, not both")
+        arch["depths"], kwargs["kernel_sizes"] = layout_kernel_sizes(variant, stage_layouts, kernel_size)
+    elif kernel_size is not None:
         if kwargs.get("kernel_sizes") is not None:
             raise ValueError("give either kernel_size (overrides every large kernel) or kernel_sizes, not both")
         kwargs["kernel_sizes"] = override_kernel_size(default_kernel_sizes(arch["depths"]), kernel_size)
