@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import core
 from core.backbones import unireplknet
@@ -247,6 +247,8 @@ def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metri
         "experiment": choices.get("experiment"),
         "backbone": cfg.backbone.name,
         "kernel_sizes": core.backbone_kernel_sizes(backbone, cfg.backbone.name) if backbone is not None else None,
+        "backbone_options": backbone_options(cfg),
+        "ablation": _plain(cfg.get("ablation")),
         "num_classes": getattr(datamodule, "num_classes", None),
         "in_chans": getattr(datamodule, "in_chans", None),
         **metrics,
@@ -268,6 +270,20 @@ def collect_results(cfg: DictConfig, trainer: L.Trainer, task, datamodule, metri
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
     return _jsonable(record)
+
+
+# the Section 3 ablation options of UniRepLKNet (core/backbones/unireplknet.py), recorded with every run
+ABLATION_OPTIONS = ("extra_structure", "reparam", "stage_layouts")
+
+
+def _plain(value: Any) -> Any:
+    """A config node as plain Python (dicts / lists), anything else unchanged."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def backbone_options(cfg: DictConfig) -> dict:
+    """The run's ablation options as configured (None: the published structure)."""
+    return {key: _plain(cfg.backbone.get(key)) for key in ABLATION_OPTIONS}
 
 
 def failure_record(cfg: DictConfig, error: BaseException) -> dict:
@@ -292,6 +308,8 @@ def failure_record(cfg: DictConfig, error: BaseException) -> dict:
         "experiment": choices.get("experiment"),
         "backbone": select("backbone.name"),
         "kernel_size": select("backbone.kernel_size"),
+        "backbone_options": {key: _plain(select(f"backbone.{key}")) for key in ABLATION_OPTIONS},
+        "ablation": _plain(select("ablation")),
         "seed": select("seed"),
         **git_state(),
         "finished": dt.datetime.now().isoformat(timespec="seconds"),

@@ -171,6 +171,23 @@ def noise_comparisons(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(pairs, columns=["metric", "row_a", "row_b", "diff", "p", "beyond_noise"])
 
 
+def noise_notes(cells: pd.DataFrame, comparisons: pd.DataFrame, seeded_command: str) -> list[str]:
+    """The lines under a table that say how many seeds each cell has and which differences exceed the noise."""
+    seeds = sorted(set(cells.loc[cells["status"] == "completed", "seeds"]))
+    if not seeds or max(seeds) < 2:
+        return [f"One seed per cell: no noise estimate ({seeded_command} for mean ± std)."]
+    notes = [
+        f"Seeds per cell: {', '.join(map(str, seeds))}; mean ± std (sample standard deviation over seeds). Bold: the",
+        f"best row of a column; †: beyond the noise of that best row (Welch's t-test, p < {NOISE_P}).",
+        "",
+        "Differences beyond the noise:" if comparisons["beyond_noise"].any() else
+        "No difference between two rows exceeds the noise.",
+    ]
+    notes += [f"- {c.metric}: {c.row_a} - {c.row_b} = {c.diff:+.3g} (p = {c.p:.3f})"
+              for c in comparisons[comparisons["beyond_noise"]].itertuples()]
+    return notes + [""]
+
+
 def _row_order(cells: pd.DataFrame) -> list[tuple[str, int | None]]:
     found = {(f, None if pd.isna(k) else int(k)) for f, k in zip(cells["family"], cells["kernel"])}
     rank = {family: i for i, family in enumerate(FAMILIES)}
@@ -207,8 +224,9 @@ def build_table(cells: pd.DataFrame, paper: bool = True) -> pd.DataFrame:
     return table
 
 
-def to_markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
-    """The table with values rounded (3 decimals for errors, 1 for %), "-" for cells with no run.
+def to_markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None,
+                metrics: tuple[Metric, ...] = METRICS) -> str:
+    """The table with values rounded (1 decimal for % and millions, 3 for errors), "-" for cells with no run.
 
     Seeded tables show "mean ± std"; with ``comparisons`` (``noise_comparisons``) the best row of each metric is
     bold and a cell beyond the noise of that best row carries a dagger.
@@ -218,7 +236,7 @@ def to_markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) ->
             return value
         if value is None or pd.isna(value):
             return "-"
-        return f"{value:.1f}" if "%" in column else f"{value:.3f}"
+        return f"{value:.1f}" if "%" in column or "(M)" in column else f"{value:.3f}"
 
     shown = table.copy().astype(object)
     for column in [c for c in shown.columns if c != "backbones" and not c.endswith(" std")]:
@@ -227,7 +245,7 @@ def to_markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) ->
             continue
         shown[column] = [text if pd.isna(sd) else f"{text} ± {fmt(column, sd)}"
                          for text, sd in zip(shown[column], table[f"{column} std"])]
-        metric = next((m for m in METRICS if m.label == column), None)
+        metric = next((m for m in metrics if m.label == column), None)
         numbers = pd.to_numeric(table[column], errors="coerce")
         if metric is None or comparisons is None or comparisons.empty or numbers.isna().all():
             continue
@@ -241,14 +259,16 @@ def to_markdown(table: pd.DataFrame, comparisons: pd.DataFrame | None = None) ->
     return shown.drop(columns=[c for c in shown.columns if c.endswith(" std")]).to_markdown()
 
 
-def plot_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Table 13") -> Path:
-    """Grouped bar chart: one panel per metric, per backbone row a bar of this sweep and one of the paper."""
+def plot_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Table 13",
+               metrics: tuple[Metric, ...] = METRICS) -> Path:
+    """Grouped bar chart: one panel per metric, per row a bar of this sweep (with its std as an error bar when
+    seeded) and, where the table has a ``<metric> paper`` column, one of the paper."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [m.label for m in METRICS if m.label in table]
+    labels = [m.label for m in metrics if m.label in table]
     fig, axes = plt.subplots(1, len(labels), figsize=(3.4 * len(labels), 3.6), squeeze=False)
     x = np.arange(len(table.index))
     for ax, label in zip(axes[0], labels):
@@ -266,7 +286,7 @@ def plot_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Table
         if f"{label} paper" in table:
             theirs = pd.to_numeric(table[f"{label} paper"], errors="coerce").to_numpy(dtype=float)
             ax.bar(x + 0.2, np.nan_to_num(theirs), width=0.4, label="paper", color="tab:gray", alpha=0.6)
-        metric = next(m for m in METRICS if m.label == label)
+        metric = next(m for m in metrics if m.label == label)
         ax.set_title(label + (" (lower is better)" if metric.lower_is_better else ""), fontsize=9)
         ax.set_xticks(x, table.index, rotation=30, ha="right", fontsize=7)
     axes[0][0].legend(fontsize=7)
@@ -292,25 +312,12 @@ def write_table13(root: str | os.PathLike, out: str | os.PathLike | None = None)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(table, comparisons)
     failed = cells[cells["status"] == FAILED]
-    seeds = sorted(set(cells.loc[cells["status"] == "completed", "seeds"]))
     notes = [
         "",
         f"{len(df)} runs below {Path(root)}. Accuracies in %, time-series errors in physical units; the paper's",
         "time-series values (labelled MAE in its Table 13) are its Table 9 temperature MSE, shown beside MSE.",
     ]
-    if seeds and max(seeds) > 1:
-        notes += [
-            f"Seeds per cell: {', '.join(map(str, seeds))}; mean ± std (sample standard deviation over seeds). Bold: the",
-            f"best row of a column; †: beyond the noise of that best row (Welch's t-test, p < {NOISE_P}).",
-            "",
-            "Differences beyond the noise:" if comparisons["beyond_noise"].any() else
-            "No difference between two rows exceeds the noise.",
-        ]
-        notes += [f"- {c.metric}: {c.row_a} - {c.row_b} = {c.diff:+.3g} (p = {c.p:.3f})"
-                  for c in comparisons[comparisons["beyond_noise"]].itertuples()]
-        notes.append("")
-    else:
-        notes.append("One seed per cell: no noise estimate (sweep=table13_mini seeds=3 for mean ± std).")
+    notes += noise_notes(cells, comparisons, "sweep=table13_mini seeds=3")
     notes += [f"failed: {r.row} on {r.modality} ({r.run_dir})" for r in failed.drop_duplicates(["row", "modality"]).itertuples()]
     paths = {"markdown": out / "table13.md", "csv": out / "table13.csv", "png": out / "table13.png"}
     paths["markdown"].write_text(markdown + "\n" + "\n".join(notes) + "\n")
