@@ -6,6 +6,7 @@ The core knows no modality and never imports Hydra; tasks live in ``core.tasks``
 
 from core.backbones import (
     SUPPORTED_KERNELS,
+    DenseUniRepLKNet,
     DilatedReparamBlock,
     UniRepLKNet,
     UniRepLKNetBlock,
@@ -21,6 +22,7 @@ from core.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 __all__ = [
     "SUPPORTED_KERNELS",
     "CheckpointError",
+    "DenseUniRepLKNet",
     "DilatedReparamBlock",
     "UniRepLKNet",
     "UniRepLKNetBlock",

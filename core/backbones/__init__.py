@@ -8,6 +8,7 @@ from core.backbones.factory import (
     list_backbones,
     reparameterize,
 )
+from core.backbones.dense import DenseUniRepLKNet, create_dense_unireplknet
 from core.backbones.unireplknet import (
     SUPPORTED_KERNELS,
     VARIANTS,
@@ -22,11 +23,13 @@ __all__ = [
     "BASELINES",
     "SUPPORTED_KERNELS",
     "VARIANTS",
+    "DenseUniRepLKNet",
     "DilatedReparamBlock",
     "UniRepLKNet",
     "UniRepLKNetBlock",
     "backbone_kernel_sizes",
     "create_backbone",
+    "create_dense_unireplknet",
     "declared_kernel_size",
     "default_kernel_sizes",
     "list_backbones",

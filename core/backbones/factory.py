@@ -17,6 +17,7 @@ from timm.models import convnext, resnet
 from torch import nn
 
 from core.backbones import unireplknet
+from core.backbones.dense import create_dense_unireplknet
 
 UNIREPLKNET = tuple(f"unireplknet_{v}" for v in unireplknet.VARIANTS)
 
@@ -40,6 +41,7 @@ def create_backbone(
     in_chans: int = 3,
     num_classes: int = 0,
     kernel_size: int | None = None,
+    dense: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build a backbone by name.
@@ -50,12 +52,20 @@ def create_backbone(
         num_classes: head size; 0 gives pooled features of width ``model.num_features``.
         kernel_size: UniRepLKNet only: K of every large-kernel block (Table 3 / Table 13 ablations).
             For a baseline it may only restate the baseline's own K.
+        dense: the backbone of a dense-prediction head instead: no classifier, ``forward`` returns the stage maps
+            of ``out_indices`` (default all four, strides 4-32) and ``out_channels`` lists their widths
+            (UniRepLKNet: ``DenseUniRepLKNet`` with the published ``norm0..3``; a baseline: timm's
+            ``features_only`` model).
         kwargs: forwarded to the model (e.g. ``kernel_sizes``, ``drop_path_rate``, ``deploy``);
             unknown names raise TypeError.
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None}  # None = the model's default
+    if dense and num_classes:
+        raise ValueError(f"a dense backbone has no classifier; got num_classes={num_classes}")
     if name in UNIREPLKNET:
         variant = name.removeprefix("unireplknet_")
+        if dense:
+            return create_dense_unireplknet(variant, in_chans=in_chans, kernel_size=kernel_size, **kwargs)
         return unireplknet.create_unireplknet(
             variant, in_chans=in_chans, num_classes=num_classes, kernel_size=kernel_size, **kwargs
         )
@@ -67,6 +77,11 @@ def create_backbone(
             raise ValueError(f"{name} has no re-parameterizable structure; deploy=True applies to UniRepLKNet only")
         if kwargs.pop("kernel_sizes", None) is not None:
             raise ValueError(f"{name} has fixed kernel sizes; kernel_sizes applies to UniRepLKNet only")
+        if dense:
+            model = build(in_chans=in_chans, features_only=True, out_indices=kwargs.pop("out_indices", (1, 2, 3, 4)),
+                          **kwargs)
+            model.out_channels = model.feature_info.channels()
+            return model
         return build(in_chans=in_chans, num_classes=num_classes, **kwargs)
     raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(list_backbones())}")
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.backbones.dense import DenseUniRepLKNet
 from core.backbones.layers import SEBlock
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
@@ -248,14 +249,19 @@ class FastUniRepLKNet(nn.Module):
 
     def __init__(self, model: UniRepLKNet):
         super().__init__()
-        model = copy.deepcopy(model).eval().reparameterize()
-        self.in_chans, self.num_classes = model.in_chans, model.num_classes
-        self.num_features, self.global_pool = model.num_features, model.global_pool
-        self.downsample_layers = nn.ModuleList(FastDownsample(layers) for layers in model.downsample_layers)
-        self.stages = nn.ModuleList(nn.Sequential(*(FastBlock(b) for b in stage)) for stage in model.stages)
+        model = self._build_body(model)
+        self.num_classes, self.num_features, self.global_pool = model.num_classes, model.num_features, model.global_pool
         self.norm, self.head = model.norm, model.head
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def _build_body(self, model: UniRepLKNet) -> UniRepLKNet:
+        """Set the fast stem, downsampling layers and stages from a re-parameterized copy of ``model`` (returned)."""
+        model = copy.deepcopy(model).eval().reparameterize()
+        self.in_chans = model.in_chans
+        self.downsample_layers = nn.ModuleList(FastDownsample(layers) for layers in model.downsample_layers)
+        self.stages = nn.ModuleList(nn.Sequential(*(FastBlock(b) for b in stage)) for stage in model.stages)
+        return model
 
     _check_input = UniRepLKNet._check_input  # the same input check and message (uses only in_chans)
 
@@ -276,20 +282,57 @@ class FastUniRepLKNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class FastDenseUniRepLKNet(FastUniRepLKNet):
+    """Inference-only ``DenseUniRepLKNet``: the fast stages, then each returned stage's LayerNorm on its NHWC map.
+
+    Same outputs (the list of NCHW stage maps) as the eval-mode dense model it was built from.
+    """
+
+    def __init__(self, model: DenseUniRepLKNet):
+        nn.Module.__init__(self)
+        model = self._build_body(model)
+        self.out_indices = model.out_indices
+        self.norms = nn.ModuleList()
+        for i in model.out_indices:
+            norm = getattr(model, f"norm{i}")
+            self.norms.append(nn.LayerNorm(norm.normalized_shape, eps=norm.eps).to(norm.weight.device))
+            self.norms[-1].load_state_dict(norm.state_dict())
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self._check_input(x)
+        x = self.downsample_layers[0](x, nhwc_input=False)
+        outs = []
+        for i in range(self.out_indices[-1] + 1):
+            x = self.stages[i](x if i == 0 else self.downsample_layers[i](x))
+            if i in self.out_indices:
+                outs.append(self.norms[self.out_indices.index(i)](x).permute(0, 3, 1, 2))
+        return outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise TypeError("FastDenseUniRepLKNet returns the stage maps: call it directly")
+
+
+def _fast(model: UniRepLKNet) -> FastUniRepLKNet:
+    return FastDenseUniRepLKNet(model) if isinstance(model, DenseUniRepLKNet) else FastUniRepLKNet(model)
+
+
 def to_fast_model(model: nn.Module) -> nn.Module:
     """The fast inference structure of ``model`` (a copy; ``model`` is untouched).
 
-    A ``UniRepLKNet`` becomes a ``FastUniRepLKNet``; in any other model (e.g. a task wrapping a backbone)
-    every ``UniRepLKNet`` submodule is replaced. The result is in eval mode with frozen parameters.
+    A ``UniRepLKNet`` becomes a ``FastUniRepLKNet`` (a ``DenseUniRepLKNet`` a ``FastDenseUniRepLKNet``); in any
+    other model (e.g. a task or a detector wrapping a backbone) every such submodule is replaced. The result is
+    in eval mode with frozen parameters.
     """
     if isinstance(model, UniRepLKNet):
-        return FastUniRepLKNet(model)
+        return _fast(model)
     model = copy.deepcopy(model).eval()
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, UniRepLKNet):
-                setattr(parent, name, FastUniRepLKNet(child))
+                setattr(parent, name, _fast(child))
                 replaced += 1
     if not replaced:
         raise TypeError(f"{type(model).__name__} contains no UniRepLKNet; nothing to optimize")
@@ -537,5 +580,5 @@ def optimize_for_inference(
 
 __all__ = [
     "CANDIDATES", "GRN_NORM_FORMS", "GRN_SCALE_FORMS", "LINEAR_GELU_FORMS", "choose_dw_formats", "choose_ffn_forms",
-    "compile_model", "FastBlock", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model",
+    "compile_model", "FastBlock", "FastDenseUniRepLKNet", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model",
 ]
