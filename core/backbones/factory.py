@@ -78,7 +78,9 @@ def create_backbone(
         if kwargs.pop("kernel_sizes", None) is not None:
             raise ValueError(f"{name} has fixed kernel sizes; kernel_sizes applies to UniRepLKNet only")
         if dense:
-            model = build(in_chans=in_chans, features_only=True, out_indices=kwargs.pop("out_indices", (1, 2, 3, 4)),
+            # the stride 4-32 maps: timm's ResNets list the stride-2 stem first, its ConvNeXts start at stride 4
+            strides_4_to_32 = (1, 2, 3, 4) if name.startswith("resnet") else (0, 1, 2, 3)
+            model = build(in_chans=in_chans, features_only=True, out_indices=kwargs.pop("out_indices", strides_4_to_32),
                           **kwargs)
             model.out_channels = model.feature_info.channels()
             return model
