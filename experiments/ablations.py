@@ -24,7 +24,8 @@ import pandas as pd
 
 from core.backbones.unireplknet import LARGE_KERNEL_MIN, parse_layout
 from experiments.results import load_results
-from experiments.table13 import FAILED, METRICS, Metric, noise_comparisons, noise_notes, plot_table, to_markdown
+from experiments.table13 import (FAILED, METRICS, Metric, noise_comparisons, noise_notes, plot_table, seed_values,
+                                 to_markdown)
 
 # every modality's test metric (Table 13's, and ImageNet for the *_paper sweeps)
 ABLATION_METRICS = tuple(m for m in METRICS if m.label != "Time-series MAE") + (
@@ -116,21 +117,12 @@ def collect_ablation_cells(df: pd.DataFrame, table: str) -> pd.DataFrame:
     cells = []
     for metric in ABLATION_METRICS:
         for row, group in runs[runs["modality"] == metric.modality].groupby("row", sort=False):
-            done = group[group["status"] == "completed"]
-            key = next((k for k in metric.keys if k in done and done[k].notna().any()), None)
-            values: list[float] = []
-            if key is not None:
-                latest = done[done[key].notna()].sort_values("finished").groupby("seed").tail(1).sort_values("seed")
-                values = [float(v) * metric.scale for v in latest[key]]
-                status = "completed"
-            else:
-                status = FAILED if (group["status"] == FAILED).any() else "missing"
+            values, status, run_dir = seed_values(group, metric)
             cells.append({
                 "row": row, "metric": metric.label, "modality": metric.modality,
                 "value": float(np.mean(values)) if values else float("nan"),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
-                "seeds": len(values), "values": values, "status": status, "runs": len(group),
-                "run_dir": group.sort_values("finished").iloc[-1].get("run_dir"),
+                "seeds": len(values), "values": values, "status": status, "runs": len(group), "run_dir": run_dir,
             })
     return pd.DataFrame(cells, columns=["row", "metric", "modality", "value", "std", "seeds", "values", "status",
                                         "runs", "run_dir"])

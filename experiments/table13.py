@@ -94,6 +94,20 @@ def _run_kernel(run: pd.Series) -> int | None:
     return found
 
 
+def seed_values(group: pd.DataFrame, metric: Metric) -> tuple[list[float], str, str | None]:
+    """The runs of one cell (columns status, finished, seed, the metric's keys) -> (one value per seed in
+    display units, the latest completed run of each seed; status "completed" / "failed" / "missing"; the run_dir
+    of the latest run)."""
+    done = group[group["status"] == "completed"]
+    key = next((k for k in metric.keys if k in done and done[k].notna().any()), None)
+    if key is None:
+        status = FAILED if (group["status"] == FAILED).any() else "missing"
+        return [], status, group.sort_values("finished").iloc[-1].get("run_dir")
+    latest = done[done[key].notna()].sort_values("finished").groupby("seed").tail(1).sort_values("seed")
+    values = [float(v) * metric.scale for v in latest[key]]
+    return values, "completed", latest.sort_values("finished").iloc[-1].get("run_dir")
+
+
 def collect_cells(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (Table 13 row, metric) found in ``df`` (from ``load_results``).
 
@@ -118,19 +132,10 @@ def collect_cells(df: pd.DataFrame) -> pd.DataFrame:
         runs = df[df["modality"] == metric.modality]
         for (family, kernel), group in runs.groupby(["family", "kernel"], dropna=False, sort=False):
             kernel = None if pd.isna(kernel) else int(kernel)
-            done = group[group["status"] == "completed"]
-            key = next((k for k in metric.keys if k in done and done[k].notna().any()), None)
-            values: list[float] = []
-            if key is not None:
-                latest = done[done[key].notna()].sort_values("finished").groupby("seed").tail(1).sort_values("seed")
-                values = [float(v) * metric.scale for v in latest[key]]
-                value, status, run_dir = float(np.mean(values)), "completed", latest.sort_values("finished").iloc[-1].get("run_dir")
-            else:
-                value, status = float("nan"), FAILED if (group["status"] == FAILED).any() else "missing"
-                run_dir = group.sort_values("finished").iloc[-1].get("run_dir")
+            values, status, run_dir = seed_values(group, metric)
             cells.append({
                 "row": row_label(family, kernel), "family": family, "kernel": kernel, "metric": metric.label,
-                "modality": metric.modality, "value": value,
+                "modality": metric.modality, "value": float(np.mean(values)) if values else float("nan"),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
                 "seeds": len(values), "values": values, "status": status,
                 "backbone": ", ".join(sorted(set(group["backbone"].astype(str)))), "runs": len(group),
