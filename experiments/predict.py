@@ -20,6 +20,7 @@ Predicting on your own files (``--files``)::
     python experiments/predict.py <run> --files clip.mp4 clip.avi     # video: the test split's clips x crops
     python experiments/predict.py <run> --files chair.off lamp.ply cup.obj cloud.txt   # point clouds
     python experiments/predict.py <run> --files table.csv [--out forecast.csv]         # time series
+    python experiments/predict.py <run> --files street.jpg [--out street_labels.png]   # segmentation
 
 Every file is read with the run's TEST preprocessing: the DataModule's ``read_input(path)`` (see
 ``modalities.base.ModalityDataModule``; the DataModule is rebuilt from the run's config.yaml, whose data root
@@ -34,6 +35,10 @@ hourly rows. The model forecasts the ``pred_len`` hours after the table's last r
 rows (the DataModule's window: ``regularize_hourly``, ``time_features``, ``pack_window``); the forecast, a
 ``timestamp`` column and one column per station, is written to ``--out`` (default ``<table>_forecast.csv``
 next to the table) and its path printed.
+
+A segmentation run writes each image's label map as a PNG at the image's own size (``--out``, default
+``<image>_segmentation.png`` next to it; ADE20K's values: class i is i + 1) and prints the classes that cover
+most of it.
 """
 
 from __future__ import annotations
@@ -219,6 +224,43 @@ def forecast_files(task, datamodule, files: list[str | Path], out: str | Path | 
     return forecasts, errors
 
 
+def segmentation_path(image: str | Path, out: str | Path | None = None) -> Path:
+    """Where an image's label map goes: ``out``, else ``<image>_segmentation.png`` next to it."""
+    image = Path(image)
+    return Path(out) if out else image.with_name(f"{image.stem}_segmentation.png")
+
+
+def segment_files(task, datamodule, files: list[str | Path], out: str | Path | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+    """(segmentations, errors): every readable image's label map written as a PNG at the image's size (ADE20K's
+    values: class i is i + 1, 0 = none), with the classes that cover most of it; what failed for the others."""
+    if out and len(files) > 1:
+        raise ValueError("--out names one label map: give one image, or leave --out unset "
+                         "(each map then goes next to its image as <image>_segmentation.png)")
+    from PIL import Image
+
+    names = datamodule.class_names
+    done, errors = [], []
+    for path in files:
+        try:
+            inputs = default_collate([datamodule.read_input(path)])
+            with Image.open(path) as handle:
+                size = (handle.height, handle.width)
+            with torch.inference_mode():
+                labels = task.predict_logits(inputs, size).argmax(dim=1)[0]
+            written = segmentation_path(path, out)
+            Image.fromarray((labels + 1).to(torch.uint8).numpy()).save(written)
+        except (ValueError, OSError, RuntimeError) as error:
+            errors.append({"file": str(path), "error": _file_error(path, error)})
+            continue
+        share = torch.bincount(labels.flatten(), minlength=len(names)).float() / labels.numel()
+        top = share.topk(min(3, len(names)))
+        done.append({"file": str(path), "segmentation": str(written), "size": list(size),
+                     "classes": [{"class": names[i], "share": float(v)}
+                                 for v, i in zip(top.values.tolist(), top.indices.tolist()) if v > 0]})
+    return done, errors
+
+
 def predict_files(
     path: str | Path,
     files: list[str | Path],
@@ -231,7 +273,8 @@ def predict_files(
     """Predict on the user's ``files`` with the checkpoint at ``path`` (file or run dir).
 
     Returns ``{"checkpoint", "modality", "model", "predictions" (classification: file, top_k [{class,
-    probability}]) or "forecasts" (time series: file, forecast CSV ...), "errors" [{file, error}]}``.
+    probability}]), "forecasts" (time series: file, forecast CSV ...) or "segmentations" (file, label-map PNG,
+    the classes covering most of it), "errors" [{file, error}]}``.
     """
     if not files:
         raise ValueError("--files needs at least one file")
@@ -251,6 +294,8 @@ def predict_files(
               "model": "fast" if fast else "deploy"}
     if hasattr(datamodule, "read_window"):  # a forecasting run
         record["forecasts"], record["errors"] = forecast_files(task, datamodule, files, out)
+    elif hasattr(task, "predict_logits"):  # a segmentation run
+        record["segmentations"], record["errors"] = segment_files(task, datamodule, files, out)
     else:
         record["predictions"], record["errors"] = classify_files(task, datamodule, files, top_k)
         if out:
@@ -266,6 +311,10 @@ def format_predictions(record: dict) -> str:
         lines.append(item["file"])
         lines += [f"  {rank:>2}. {entry['class']:<{width}}  {entry['probability']:.4f}"
                   for rank, entry in enumerate(item["top_k"], start=1)]
+    for item in record.get("segmentations", []):
+        shares = ", ".join(f"{c['class']} {c['share']:.0%}" for c in item["classes"])
+        lines.append(f"{item['file']}: label map {item['size'][0]} x {item['size'][1]} ({shares}) -> "
+                     f"{item['segmentation']}")
     for item in record.get("forecasts", []):
         lines.append(f"{item['file']}: forecast of {item['steps']} steps x {item['stations']} stations "
                      f"({item['first']} .. {item['last']}) -> {item['forecast']}")
@@ -281,7 +330,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", default=None, help="the run's config.yaml (default: <run dir>/config.yaml)")
     parser.add_argument("--out", default=None,
                         help="metrics JSON (default: <run dir>/predict_<split>.json); with --files: the forecast "
-                             "CSV of a time-series run (default: <table>_forecast.csv), the JSON record otherwise")
+                             "CSV of a time-series run (default: <table>_forecast.csv), the label-map PNG of a "
+                             "segmentation run (default: <image>_segmentation.png), the JSON record otherwise")
     parser.add_argument("--files", nargs="+", default=None, metavar="FILE",
                         help="predict on these files of the run's modality instead of evaluating a split")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per file with --files (default 5)")

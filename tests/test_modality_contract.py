@@ -120,6 +120,7 @@ FITS_THE_MINI = {"timeseries": ["task.model.num_nodes=6", "task.model.d_model=64
                            "data.annotations.test=annotations/test.csv", "data.clip_dirs.test=test",
                            "data.test_clips=1", "data.test_crops=1"],
                  "pointcloud": ["data.num_classes=null", "data.num_points=256", "adapter.resolution=32"],
+                 "segmentation": ["data.num_classes=null", "data.base_size=96", "data.crop_size=96"],
                  "audio": []}
 
 

@@ -1,7 +1,8 @@
 """Lightning tasks built from plain config values (no Hydra, no modality imports).
 
 ``Task`` is their shared base (optimizer and schedule, reparameterize, deploy weights); ``ClassificationTask``
-serves every classification modality, ``ForecastingTask`` the forecasting ones. Adapters, models, metrics and
+serves every classification modality, ``ForecastingTask`` the forecasting ones, ``SegmentationTask`` dense
+per-pixel classification. Adapters, models, metrics and
 test-time augmentations come in as ``{"_target_": import path, **arguments}``.
 """
 
@@ -9,11 +10,13 @@ from core.tasks.base import Task
 from core.tasks.builders import build_adapter, import_object, instantiate, to_plain
 from core.tasks.classification import ClassificationTask
 from core.tasks.forecasting import ForecastingTask
+from core.tasks.segmentation import SegmentationTask
 from core.tasks.optim import build_optimizer, build_scheduler, count_parameters, lr_multiplier, param_groups
 
 __all__ = [
     "ClassificationTask",
     "ForecastingTask",
+    "SegmentationTask",
     "Task",
     "build_adapter",
     "build_optimizer",

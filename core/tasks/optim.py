@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "poly")
 
 
 def _depth_starts(depths: list[int]) -> tuple[list[int], int]:
@@ -190,6 +190,7 @@ def lr_multiplier(
     gamma: float = 0.85,
     step_epochs: int = 1,
     start_epoch: int = 0,
+    power: float = 1.0,
 ) -> Callable[[int], float]:
     """The schedule as a function of the optimizer step: base LR multiplier in [0, 1].
 
@@ -199,6 +200,7 @@ def lr_multiplier(
         warmup_epochs: linear warmup length (may be fractional), from ``warmup_start`` x base LR.
         min_lr_ratio: cosine floor as a fraction of the base LR.
         gamma, step_epochs, start_epoch: ``step`` decay factor, period, and the first epoch it applies to.
+        power: ``poly`` decay exponent: (1 - progress)^power down to ``min_lr_ratio`` (mmseg's schedule).
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown LR schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
@@ -212,6 +214,9 @@ def lr_multiplier(
         if name == "cosine":
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if name == "poly":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress) ** power
         if name == "step":
             epoch = step // steps_per_epoch
             if epoch < start_epoch:
