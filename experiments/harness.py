@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -172,7 +173,7 @@ def _max_logit_diff(trained: torch.nn.Module, task, datamodule) -> float | None:
     """The deploy equivalence check on the first non-empty test batch (``Task.deploy_difference``)."""
     for inputs, target in datamodule.test_dataloader():
         if len(target):
-            return task.deploy_difference(trained, inputs.to(next(task.parameters()).device))
+            return task.deploy_difference(trained, move_data_to_device(inputs, next(task.parameters()).device))
     return None
 
 

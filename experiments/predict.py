@@ -21,6 +21,7 @@ Predicting on your own files (``--files``)::
     python experiments/predict.py <run> --files chair.off lamp.ply cup.obj cloud.txt   # point clouds
     python experiments/predict.py <run> --files table.csv [--out forecast.csv]         # time series
     python experiments/predict.py <run> --files street.jpg [--out street_labels.png]   # segmentation
+    python experiments/predict.py <run> --files street.jpg --top-k 10                   # detection
 
 Every file is read with the run's TEST preprocessing: the DataModule's ``read_input(path)`` (see
 ``modalities.base.ModalityDataModule``; the DataModule is rebuilt from the run's config.yaml, whose data root
@@ -36,7 +37,8 @@ rows (the DataModule's window: ``regularize_hourly``, ``time_features``, ``pack_
 ``timestamp`` column and one column per station, is written to ``--out`` (default ``<table>_forecast.csv``
 next to the table) and its path printed.
 
-A segmentation run writes each image's label map as a PNG at the image's own size (``--out``, default
+A detection run prints each image's detections scoring 0.5 or more (at most ``--top-k``): class, score and box
+in the image's pixels (``--json`` / ``--out``: the same as JSON). A segmentation run writes each image's label map as a PNG at the image's own size (``--out``, default
 ``<image>_segmentation.png`` next to it; ADE20K's values: class i is i + 1) and prints the classes that cover
 most of it.
 """
@@ -261,6 +263,27 @@ def segment_files(task, datamodule, files: list[str | Path], out: str | Path | N
     return done, errors
 
 
+def detect_files(task, datamodule, files: list[str | Path], top_k: int = 5, threshold: float = 0.5
+                 ) -> tuple[list[dict], list[dict]]:
+    """(detections, errors): per readable image its detections scoring at least ``threshold`` (at most
+    ``top_k``): class, score and box (x1, y1, x2, y2 in the image's pixels); what failed for the others."""
+    names = datamodule.class_names
+    found, errors = [], []
+    for path in files:
+        try:
+            image = datamodule.read_input(path)
+            with torch.inference_mode():
+                (det,) = task([image])
+        except (ValueError, OSError, RuntimeError) as error:
+            errors.append({"file": str(path), "error": _file_error(path, error)})
+            continue
+        keep = (det["scores"] >= threshold).nonzero().flatten()[: max(1, int(top_k))]
+        found.append({"file": str(path), "size": list(image.shape[-2:]), "detections": [
+            {"class": names[int(det["labels"][i]) - 1], "score": float(det["scores"][i]),
+             "box": [round(float(v), 1) for v in det["boxes"][i]]} for i in keep.tolist()]})
+    return found, errors
+
+
 def predict_files(
     path: str | Path,
     files: list[str | Path],
@@ -294,6 +317,10 @@ def predict_files(
               "model": "fast" if fast else "deploy"}
     if hasattr(datamodule, "read_window"):  # a forecasting run
         record["forecasts"], record["errors"] = forecast_files(task, datamodule, files, out)
+    elif hasattr(task, "detector"):  # a detection run
+        record["detections"], record["errors"] = detect_files(task, datamodule, files, top_k)
+        if out:
+            Path(out).write_text(json.dumps(record, indent=1) + "\n")
     elif hasattr(task, "predict_logits"):  # a segmentation run
         record["segmentations"], record["errors"] = segment_files(task, datamodule, files, out)
     else:
@@ -311,6 +338,9 @@ def format_predictions(record: dict) -> str:
         lines.append(item["file"])
         lines += [f"  {rank:>2}. {entry['class']:<{width}}  {entry['probability']:.4f}"
                   for rank, entry in enumerate(item["top_k"], start=1)]
+    for item in record.get("detections", []):
+        lines.append(f"{item['file']}: {len(item['detections'])} detections (score >= 0.5)")
+        lines += [f"  {d['class']:<12} {d['score']:.3f}  box {d['box']}" for d in item["detections"]]
     for item in record.get("segmentations", []):
         shares = ", ".join(f"{c['class']} {c['share']:.0%}" for c in item["classes"])
         lines.append(f"{item['file']}: label map {item['size'][0]} x {item['size'][1]} ({shares}) -> "

@@ -120,6 +120,8 @@ FITS_THE_MINI = {"timeseries": ["task.model.num_nodes=6", "task.model.d_model=64
                            "data.annotations.test=annotations/test.csv", "data.clip_dirs.test=test",
                            "data.test_clips=1", "data.test_crops=1"],
                  "pointcloud": ["data.num_classes=null", "data.num_points=256", "adapter.resolution=32"],
+                 "detection": ["data.num_classes=null", "task.min_size=128", "task.max_size=128",
+                               "task.representation_size=64", "task.mask_channels=16", "task.fpn_channels=32"],
                  "segmentation": ["data.num_classes=null", "data.base_size=96", "data.crop_size=96"],
                  "audio": []}
 

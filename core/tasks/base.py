@@ -25,8 +25,9 @@ from core.tasks.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
-# where a task's state dict keeps its backbone: ClassificationTask ``backbone.``, ForecastingTask ``model.backbone.``
-TASK_BACKBONE_PREFIXES = ("backbone.", "model.backbone.")
+# where a task's state dict keeps its backbone: ClassificationTask and SegmentationTask ``backbone.``,
+# ForecastingTask ``model.backbone.``, DetectionTask ``detector.backbone.body.``
+TASK_BACKBONE_PREFIXES = ("backbone.", "model.backbone.", "detector.backbone.body.")
 
 
 def backbone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
