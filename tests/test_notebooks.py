@@ -23,7 +23,7 @@ from experiments.notebooks import SIZE_BUDGET
 from tests.conftest import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = {"audio", "video", "pointcloud", "timeseries", "results", "effective_receptive_field"}
+EXPECTED = {"audio", "video", "pointcloud", "timeseries", "results", "effective_receptive_field", "dense"}
 
 
 def test_the_notebooks_are_committed_executed_with_their_figures():
