@@ -164,3 +164,22 @@ def test_a_run_segments_the_users_images(small_root, tmp_path):
     assert item["segmentation"].endswith("street_segmentation.png")
     assert "broken.jpg: cannot use it" in record["errors"][0]["error"]
     assert "street.jpg: label map 80 x 120 (" in format_predictions(record)
+
+
+def test_the_check_renderer_writes_both_layouts_the_datamodules_read(tmp_path):
+    from experiments.transfer.dense_renderer import build
+    from modalities.detection.datamodule import DetectionDataModule
+
+    build(tmp_path, images=3, seed=1)
+    seg = SegmentationDataModule(tmp_path / "segmentation", base_size=96, crop_size=96, test_split="testing",
+                                 num_workers=0)
+    image, label = seg.dataset("test")[0]
+    assert seg.class_names == list(mini.CLASSES) and image.shape == (3, 96, 96) and label.shape == (128, 128)
+    assert set(label.unique().tolist()) <= set(range(8)) | {255}
+    det = DetectionDataModule(tmp_path / "detection", test_split="test2017", num_workers=0)
+    image, target = det.dataset("test")[0]
+    assert det.class_names == ["ball", "box", "roof", "pole"] and image.shape == (3, 128, 128)
+    # the same scene: every box holds pixels of its thing class in the segmentation label map
+    for box, cls in zip(target["boxes"], target["labels"]):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        assert (label[y1:y2, x1:x2] == 3 + int(cls)).any()

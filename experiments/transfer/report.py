@@ -6,12 +6,14 @@ independently made data: the figures of the README's "Does it transfer?" table.
     python -m experiments.transfer.report audio --seeds 0 1 2            # unseen voices
     python -m experiments.transfer.report video --seeds 0 1 2            # another renderer
     python -m experiments.transfer.report timeseries --seeds 0 1 2       # trained on real station observations
+    python -m experiments.transfer.report segmentation --seeds 0 1 2     # another scene renderer
+    python -m experiments.transfer.report detection --seeds 0 1 2        # the same renderer, COCO layout
     python -m experiments.transfer.report audio --seeds 0 -- trainer.max_epochs=2   # extra run.py overrides
 
-Each seed is one ``experiments/run.py modality=<m> seed=<s>`` process (its wall time is measured). Audio and video
-then score that run's deploy model on the check set (``experiments/predict.py <run> --override data.root=<set>``);
-time series trains the same recipe a second time on the real observations (its test metric, the gain over the best
-of persistence, seasonal naive and linear, needs the station's own baselines). The check set is built once under
+Each seed is one ``experiments/run.py modality=<m> seed=<s>`` process (its wall time is measured). Audio, video,
+segmentation and detection then score that run's deploy model on the check set (``experiments/predict.py <run>
+--override data.root=<set>``); time series trains the same recipe a second time on the real observations (its
+test metric, the gain over the best of persistence, seasonal naive and linear, needs the station's own baselines). The check set is built once under
 ``--check-root`` (default ``data/transfer/<m>``) by the modality's independent builder in this package. Prints a
 markdown table (per seed, mean and worst) and writes ``<out>/transfer_<m>.json``.
 """
@@ -60,10 +62,24 @@ def _timeseries_build(root: Path) -> None:
     write(root)
 
 
+def _segmentation_build(root: Path) -> None:
+    from experiments.transfer.dense_renderer import build_segmentation
+
+    build_segmentation(root)
+
+
+def _detection_build(root: Path) -> None:
+    from experiments.transfer.dense_renderer import build_detection
+
+    build_detection(root)
+
+
 CHECKS: dict[str, Check] = {
     "audio": Check(_audio_build, "test/acc", True),
     "video": Check(_video_build, "test/acc", True),
     "timeseries": Check(_timeseries_build, "test/mse_gain_vs_best_baseline", True, train_on_check=True),
+    "segmentation": Check(_segmentation_build, "test/miou", True),
+    "detection": Check(_detection_build, "test/map_50", True),
 }
 
 
