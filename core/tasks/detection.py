@@ -62,6 +62,8 @@ class DetectionTask(Task):
         representation_size: the box head's MLP width; mask_channels: the mask head's conv width.
         rpn_batch_size_per_image, box_batch_size_per_image: anchors / proposals sampled per image for the losses.
         box_detections_per_img: detections kept per image.
+        detector_options: further keyword arguments of torchvision's ``MaskRCNN`` / ``FasterRCNN`` (e.g.
+            ``rpn_pre_nms_top_n_train``, ``rpn_post_nms_top_n_test``, ``box_score_thresh``).
         optimizer, scheduler: see ``core.tasks.base.Task``.
     """
 
@@ -81,6 +83,7 @@ class DetectionTask(Task):
         rpn_batch_size_per_image: int = 256,
         box_batch_size_per_image: int = 512,
         box_detections_per_img: int = 100,
+        detector_options: dict | None = None,
         optimizer: dict | None = None,
         scheduler: dict | None = None,
     ):
@@ -96,7 +99,8 @@ class DetectionTask(Task):
             "min_size": min_size, "max_size": max_size, "representation_size": representation_size,
             "mask_channels": mask_channels, "rpn_batch_size_per_image": rpn_batch_size_per_image,
             "box_batch_size_per_image": box_batch_size_per_image, "box_detections_per_img": box_detections_per_img,
-            "optimizer": to_plain(optimizer), "scheduler": to_plain(scheduler),
+            "detector_options": to_plain(detector_options), "optimizer": to_plain(optimizer),
+            "scheduler": to_plain(scheduler),
         })
         self.adapter, body = self.build_adapter_and_backbone(adapter, {**backbone, "dense": True}, 0)
         pyramid = FPNBackbone(body, fpn_channels)
@@ -108,7 +112,7 @@ class DetectionTask(Task):
             min_size=tuple(min_size) if isinstance(min_size, list) else min_size, max_size=max_size,
             image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
             rpn_batch_size_per_image=rpn_batch_size_per_image, box_batch_size_per_image=box_batch_size_per_image,
-            box_detections_per_img=box_detections_per_img,
+            box_detections_per_img=box_detections_per_img, **(to_plain(detector_options) or {}),
         )
         if masks:
             self.detector = MaskRCNN(pyramid, num_classes=None,
