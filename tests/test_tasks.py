@@ -117,8 +117,8 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     assert f(100) == pytest.approx(0.1)
     values = [f(s) for s in range(20, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))
-    with pytest.raises(ValueError, match="cosine, step, constant"):
-        lr_multiplier("poly", 10, 100)
+    with pytest.raises(ValueError, match="cosine, step, constant, poly"):
+        lr_multiplier("exponential", 10, 100)
 
 
 def test_adapter_spec_errors_are_explicit():
