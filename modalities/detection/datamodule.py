@@ -60,10 +60,10 @@ def collate_detection(samples: list) -> tuple[list, list]:
 class CocoInstances(Dataset):
     """The images of one COCO instances file with their targets (see the module docstring)."""
 
-    def __init__(self, folder: Path, annotations: Path, training: bool, hflip: float = 0.0,
+    def __init__(self, folder: Path, coco, training: bool, hflip: float = 0.0,
                  bad_inputs: BadInputCounter | None = None):
         self.folder, self.training, self.bad_inputs = folder, training, bad_inputs
-        self.coco = load_coco(annotations)
+        self.coco = coco
         self.ids = sorted(self.coco.imgs)
         self.category_ids = sorted(self.coco.cats)
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
@@ -152,6 +152,14 @@ class DetectionDataModule(ModalityDataModule):
                          persistent_workers, build_mini, mini_seed)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.hflip = hflip
+        self._indexes: dict[Path, object] = {}  # instances file -> its pycocotools index (COCO's train file: ~450 MB)
+
+    def coco_index(self, split: str):
+        """pycocotools' index of ``split``'s instances file, read once."""
+        path = mini.annotation_file(self.root, self.splits[split])
+        if path not in self._indexes:
+            self._indexes[path] = load_coco(path)
+        return self._indexes[path]
 
     def check_root(self) -> None:
         for split in ("train", "test"):
@@ -161,7 +169,7 @@ class DetectionDataModule(ModalityDataModule):
 
     def read_class_names(self) -> list[str]:
         self.check_root()
-        coco = load_coco(mini.annotation_file(self.root, self.splits["train"]))
+        coco = self.coco_index("train")
         return [coco.cats[i]["name"] for i in sorted(coco.cats)]
 
     def build_dataset(self, split: str) -> CocoInstances:
@@ -170,8 +178,8 @@ class DetectionDataModule(ModalityDataModule):
         for path in (self.root / folder, annotations):
             if not path.exists():
                 raise FileNotFoundError(DATASET_HELP.format(missing=path))
-        dataset = CocoInstances(self.root / folder, annotations, training=split == "train", hflip=self.hflip,
-                                bad_inputs=self.bad_inputs)
+        dataset = CocoInstances(self.root / folder, self.coco_index(split), training=split == "train",
+                                hflip=self.hflip, bad_inputs=self.bad_inputs)
         if [dataset.coco.cats[i]["name"] for i in dataset.category_ids] != self.class_names:
             raise ValueError(f"{annotations} lists other categories than the train split's: {self.class_names}")
         return dataset
