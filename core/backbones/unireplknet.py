@@ -388,8 +388,6 @@ class UniRepLKNet(nn.Module):
                 check_kernel_size(k)
                 if k >= LARGE_KERNEL_MIN:
                     reparam_branches(k, reparam)  # an unknown form or a branch too large for K fails here
-        if extra_structure not in EXTRA_STRUCTURES:
-            raise ValueError(f"unknown extra_structure {extra_structure!r}; valid choices: {', '.join(EXTRA_STRUCTURES)}")
         self.extra_structure = extra_structure
         self.reparam = reparam if isinstance(reparam, str) else tuple(tuple(int(v) for v in b) for b in reparam)
         self.in_chans = in_chans
