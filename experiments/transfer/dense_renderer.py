@@ -9,7 +9,8 @@ detection models transfer?
     python experiments/predict.py runs/detection/unireplknet_test/<time> \\
         --override data.root=/tmp/dense_transfer/detection data.build_mini=false
 
-It shares nothing with ``modalities.scenes`` but the class names and the dataset layouts: every scene is
+It shares nothing with ``modalities.scenes`` but the class names and the dataset layouts (the COCO annotations of
+its instance maps are written by the mini builder's ``scene_instances``): every scene is
 rasterized with numpy from signed distances on the pixel grid (no PIL drawing), 4x supersampled and box-filtered.
 Stuff is textured another way: skies of blue gradients under soft clouds (smoothed noise), walls of irregular
 stone courses, grass-like ground of vertical streaks, water with glints; the horizon is tilted by up to 6 degrees.
@@ -31,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as coco_mask
 
+from modalities.detection.mini import scene_instances
 from modalities.scenes import CLASSES, STUFF, THINGS
 
 SIZE = 128
 SUPER = 4
-MIN_VISIBLE = 12
 
 
 def _smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -177,15 +177,7 @@ def build_detection(root: str | Path, images: int = 96, seed: int = 0) -> Path:
     for index, (image, _, instances, names) in _scenes(images, seed):
         image.save(root / "test2017" / f"{index:012d}.jpg", quality=92)
         records.append({"id": index, "file_name": f"{index:012d}.jpg", "height": SIZE, "width": SIZE})
-        for k, name in enumerate(names, start=1):
-            visible = instances == k
-            if visible.sum() < MIN_VISIBLE:
-                continue
-            rle = coco_mask.encode(np.asfortranarray(visible.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": THINGS.index(name) + 1,
-                                "segmentation": rle, "area": int(visible.sum()),
-                                "bbox": [float(v) for v in coco_mask.toBbox(rle)], "iscrowd": 0})
+        annotations += scene_instances(instances, names, index, len(annotations) + 1)  # the annotation format only
     (root / "annotations" / "instances_test2017.json").write_text(json.dumps(
         {"images": records, "annotations": annotations, "categories": categories}))
     for split in ("train2017", "val2017"):  # the category list the DataModule reads, no images
