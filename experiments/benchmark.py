@@ -4,6 +4,7 @@
     python experiments/benchmark.py backbones --models unireplknet_a:fast,convnextv2_atto --modes eager,compile
     python experiments/benchmark.py modalities --modalities audio,image
     python experiments/benchmark.py profile --models unireplknet_n:fast/eager,convnextv2_nano:train/compile
+    python experiments/benchmark.py dwconv --models unireplknet_a,unireplknet_n   # every exact depthwise method
 
 All candidates of a run are measured interleaved (round-robin over repeats), so the machine's drift hits them
 alike; medians and ratios to a reference are reported, with the achieved FLOP/s as a fraction of this machine's
@@ -259,6 +260,10 @@ def parse_args(argv=None):
     from experiments.benchmark_profile import add_arguments as add_profile_arguments
 
     add_profile_arguments(pr)
+    dw = sub.add_parser("dwconv", help="the depthwise convs of a model: oneDNN in both layouts, im2col + GEMM, FFT")
+    from experiments.benchmark_dwconv import add_arguments as add_dwconv_arguments
+
+    add_dwconv_arguments(dw)
     return parser.parse_args(argv)
 
 
@@ -274,6 +279,11 @@ def main(argv=None) -> None:
         from experiments.benchmark_profile import run_profile
 
         print(run_profile(args, build_model))
+    elif args.command == "dwconv":
+        from experiments.benchmark_dwconv import run_dwconv
+
+        run_dwconv(args)
+        print((Path(args.out) / "dwconv.md").read_text())
     else:
         from experiments.benchmark_modalities import run_modalities
 

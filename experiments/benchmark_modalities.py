@@ -11,6 +11,12 @@ config ``experiments/run.py modality=<m>`` would run (Hydra compose, same DataMo
     python experiments/benchmark.py modalities                        # every modality, 2 threads
     python experiments/benchmark.py modalities --modalities audio,image --batches 20
     python experiments/benchmark_modalities.py --modalities video     # the same, standalone
+    python experiments/benchmark.py modalities --modalities audio --speed default,channels_last,compile,bf16
+
+``--speed`` times the training step once per training-speed variant (``SPEED_VARIANTS``: the harness's
+``speed.channels_last`` / ``speed.compile`` and Lightning's bf16 autocast), one Trainer after the other, each
+with the same seed, batches and warm-up steps (a compiled step's compilation falls in the warm-up), and reports
+each variant's step rate over the default's.
 
 Writes ``modalities.csv`` and ``modalities.md`` under --out and prints the table.
 """
@@ -35,6 +41,14 @@ from experiments import harness
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # the loader must deliver at least this many times the samples per second the training step consumes
 REQUIRED_HEADROOM = 2.0
+# training-speed variants: name -> run.py overrides
+SPEED_VARIANTS = {
+    "default": [],
+    "channels_last": ["speed.channels_last=true"],
+    "compile": ["speed.compile=true"],
+    "channels_last+compile": ["speed.channels_last=true", "speed.compile=true"],
+    "bf16": ["trainer.precision=bf16-mixed"],
+}
 
 
 def compose_modality(modality: str, overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
@@ -121,6 +135,7 @@ def benchmark_modality(modality: str, batches: int = 10, warmup: int = 2, overri
     loader_rate, _ = loader_throughput(datamodule.train_dataloader(), batches)
     task = harness.build_task(cfg, datamodule)
     harness.check_task_fits_data(task, datamodule)
+    harness.apply_speed(task, cfg.get("speed"))
     step_rate = step_throughput(cfg, datamodule, task, batches, warmup)
     choices = HydraConfig.get().runtime.choices
     return {
@@ -139,11 +154,18 @@ def benchmark_modality(modality: str, batches: int = 10, warmup: int = 2, overri
 def run_modalities(args) -> pd.DataFrame:
     """The ``modalities`` subcommand of experiments/benchmark.py: every requested modality, one table."""
     modalities = args.modalities or harness.group_options("modality")
+    unknown = [v for v in args.speed if v not in SPEED_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown --speed variant(s) {unknown}; valid: {', '.join(SPEED_VARIANTS)}")
     rows = []
     for modality in modalities:
-        print(f"[{modality}] loader and training step ...", flush=True)
-        rows.append(benchmark_modality(modality, args.batches, args.warmup))
+        for variant in args.speed:
+            print(f"[{modality}, {variant}] loader and training step ...", flush=True)
+            row = benchmark_modality(modality, args.batches, args.warmup, SPEED_VARIANTS[variant])
+            rows.append({"modality": modality, "speed": variant} | row)
     df = pd.DataFrame(rows)
+    default = df[df.speed == args.speed[0]].set_index("modality")["step_samples_per_s"]
+    df[f"step_over_{args.speed[0]}"] = df.step_samples_per_s / df.modality.map(default)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "modalities.csv", index=False)
@@ -166,6 +188,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches (loader) and steps (training)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed", type=lambda s: s.split(","), default=["default"],
+                        help=f"training-speed variants, the first is the reference: {', '.join(SPEED_VARIANTS)}")
     parser.add_argument("--out", default="runs/benchmarks")
 
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 import core
 from core.backbones import unireplknet
 from core.tasks import count_parameters
+from core.tasks.base import TASK_BACKBONE_PREFIXES
 from experiments.callbacks import RunStats, evaluate_ema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -131,6 +132,48 @@ def build_task(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightnin
     return instantiate(cfg.task, _convert_="all", _recursive_=False, **from_data)
 
 
+def task_backbone(task: torch.nn.Module) -> torch.nn.Module:
+    """The backbone module inside a task (``backbone``, ``model.backbone`` or ``detector.backbone.body``)."""
+    for prefix in TASK_BACKBONE_PREFIXES:
+        try:
+            return task.get_submodule(prefix.rstrip("."))
+        except AttributeError:
+            continue
+    raise ConfigError(f"{type(task).__name__} has no backbone under any of {', '.join(TASK_BACKBONE_PREFIXES)}")
+
+
+def _to_channels_last(_module, args):
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
+                 else a for a in args)
+
+
+def apply_speed(task: torch.nn.Module, speed: DictConfig | dict | None) -> dict:
+    """Apply the ``speed`` options to the task's backbone in place; returns what was applied.
+
+    channels_last: 4-D weights and the backbone's 4-D inputs in channels_last (same values; oneDNN picks its
+    NHWC kernels). compile: ``nn.Module.compile`` on the backbone (its state-dict keys stay as they are, so
+    checkpoints, resuming and the deploy step are unchanged; the deploy copy runs eagerly).
+    """
+    speed = dict(speed or {})
+    unknown = set(speed) - {"channels_last", "compile"}
+    if unknown:
+        raise ConfigError(f"unknown speed option(s) {sorted(unknown)}; valid: channels_last, compile")
+    backbone = task_backbone(task)
+    if speed.get("channels_last"):
+        backbone.to(memory_format=torch.channels_last)
+        backbone.register_forward_pre_hook(_to_channels_last)
+    if speed.get("compile"):
+        backbone.compile()
+    return {key: bool(speed.get(key)) for key in ("channels_last", "compile")}
+
+
+def run_eagerly(task: torch.nn.Module) -> None:
+    """Undo ``nn.Module.compile`` (``speed.compile``) on every submodule: their plain forward runs again."""
+    for module in task.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None  # what nn.Module.compile set; torch has no public way to undo it
+
+
 def instantiate_group(node: DictConfig | None) -> list:
     """Instantiate every entry (callbacks, loggers) of a ``name: {_target_: ...}`` mapping; null entries are off."""
     if not node:
@@ -192,6 +235,7 @@ def test_and_deploy(trainer: L.Trainer, task, datamodule, run_dir: Path, deploy:
     if not deploy or not hasattr(task, "reparameterize"):
         return out
     task.eval()
+    run_eagerly(task)  # a copy of a compiled module would still call the original's forward
     trained = copy.deepcopy(task)
     task.reparameterize()
     out.update(trainer.test(task, datamodule=datamodule)[0])

@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule.prepare_data()  # builds the mini dataset on first use; a clear error if a real one is missing
     task = harness.build_task(cfg, datamodule)
     harness.check_task_fits_data(task, datamodule)
+    harness.apply_speed(task, cfg.get("speed"))
     callbacks = harness.instantiate_group(cfg.get("callbacks"))
     loggers = harness.instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

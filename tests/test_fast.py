@@ -165,6 +165,24 @@ def test_compile_with_nchw_dw_convs_at_other_batch_and_input_sizes(monkeypatch, 
     assert_equal_at_other_shapes(fast, model)
 
 
+def test_channels_last_deploy_structure_equals_the_model():
+    model = tiny_model(12)
+    deploy = fast_module.ChannelsLastDeploy(model)
+    assert any(isinstance(m, core.DilatedReparamBlock) for m in model.modules())  # the original untouched
+    assert not any(hasattr(m, "origin_bn") for m in deploy.modules())  # re-parameterized
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert close(deploy(x), model.eval()(x), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_deploy_structure_is_a_candidate(fresh_dynamo):
+    model = tiny_model(13)
+    fast = optimize_for_inference(model, torch.randn(2, 3, 64, 64), candidates=("deploy_compile_frozen",), repeats=1)
+    assert fast.inference_choice["chosen"] == "deploy_compile_frozen" and fast.inference_choice["rejected"] == {}
+    assert_equal_at_other_shapes(fast, model)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "dw_format"), [
     ("compile", "channels_last"), ("compile_frozen", "nchw"), ("compile_frozen", "channels_last"),
@@ -265,7 +283,8 @@ def test_a_candidate_that_raises_is_dropped_and_named(monkeypatch):
 @pytest.mark.parametrize("other_batch_only", [False, True])
 def test_a_candidate_that_mismatches_is_dropped(monkeypatch, other_batch_only):
     """Off by 1e-3 relative (over rtol 1e-4), at every batch size or only at the batch size after the example's:
-    dropped with the measured error; a candidate off by 1e-6 relative passes."""
+    dropped with the measured error; a candidate off by 1e-6 relative passes. The deploy_ candidates go through
+    the same compile modes (of the channels_last deploy structure)."""
     patch_compile_model(monkeypatch, {
         "compile": lambda m: Perturbed(m, 1e-3, other_batch_only),
         "compile_frozen": lambda m: Perturbed(m, 1e-6),
@@ -274,7 +293,8 @@ def test_a_candidate_that_mismatches_is_dropped(monkeypatch, other_batch_only):
     with pytest.warns(RuntimeWarning, match="dropped candidate 'compile'"):
         fast = optimize_for_inference(model, torch.randn(2, 3, 64, 64), repeats=1)
     choice = fast.inference_choice
-    assert set(choice["rejected"]) == {"compile"} and set(choice["seconds"]) == {"eager", "compile_frozen"}
+    assert set(choice["rejected"]) == {"compile", "deploy_compile"}
+    assert set(choice["seconds"]) == {"eager", "compile_frozen", "deploy_compile_frozen"}
     shape = "(3, 3, 64, 64)" if other_batch_only else "(2, 3, 64, 64)"
     assert choice["rejected"]["compile"].startswith("mismatch: output differs from the original by")
     assert choice["rejected"]["compile"].endswith(f"at input shape {shape}")

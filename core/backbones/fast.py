@@ -21,7 +21,9 @@ round-off; which one is fastest depends on the machine and the layer shape. With
 defaults need no measurement (channels_last depthwise convs, the fused Linear, a sum of squares, the GRN scale
 folded into whichever operand is smaller). With one, ``optimize_for_inference`` times each form per distinct
 block shape (``choose_dw_formats``, ``choose_ffn_forms``), then the candidates "eager", "compile" and
-"compile_frozen" (``compile_model``): each one is checked against the original on the example and on a batch one
+"compile_frozen" of the fast structure (``compile_model``) and "deploy_compile" / "deploy_compile_frozen", the
+plain re-parameterized structure in channels_last compiled (``ChannelsLastDeploy``: on CPUs where Inductor's own
+fusions beat the hand-fused oneDNN forms, as on an Intel Xeon with AVX-512): each one is checked against the original on the example and on a batch one
 larger, a candidate that fails to build, compile, run or match is dropped (``inference_choice["rejected"]``
 says why), and the fastest of the rest is returned. Under ``torch.compile`` the forward uses only layout-explicit,
 out-of-place operations, so it compiles for either depthwise format and recompiles for new batch and input
@@ -43,7 +45,9 @@ from core.backbones.dense import DenseUniRepLKNet
 from core.backbones.layers import SEBlock
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
-CANDIDATES = ("eager", "compile", "compile_frozen")
+CANDIDATES = ("eager", "compile", "compile_frozen", "deploy_compile", "deploy_compile_frozen")
+# candidates built from FastUniRepLKNet; the "deploy_" ones compile the plain re-parameterized structure instead
+FAST_CANDIDATES = ("eager", "compile", "compile_frozen")
 LINEAR_GELU_FORMS = ("fused_linear", "fused_conv1x1", "linear_then_gelu")
 GRN_NORM_FORMS = ("square_sum", "vector_norm")
 GRN_SCALE_FORMS = ("auto", "weight", "map")
@@ -69,7 +73,7 @@ def compile_model(model: nn.Module, mode: str) -> nn.Module:
         return torch.compile(model)
     if mode == "compile_frozen":
         return torch.compile(model, options={"freezing": True})
-    raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(CANDIDATES)}")
+    raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(FAST_CANDIDATES)}")
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -339,6 +343,31 @@ def to_fast_model(model: nn.Module) -> nn.Module:
     return model
 
 
+class ChannelsLastDeploy(nn.Module):
+    """The re-parameterized training structure with its weights and its input in channels_last: what Inductor
+    optimizes as it does ConvNeXt V2 (LayerNorm, GELU, GRN and residual fused into its own kernels, and with
+    freezing the convs and Linears lowered to oneDNN with pre-packed weights). The "deploy_compile" candidates."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        for module in self.model.modules():
+            if isinstance(module, UniRepLKNetBlock):
+                module.reparameterize()
+        self.model.to(memory_format=torch.channels_last)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def _build_candidate(name: str, fast: nn.Module, model: nn.Module) -> nn.Module:
+    if name in FAST_CANDIDATES:
+        return compile_model(fast, name)
+    return compile_model(ChannelsLastDeploy(model), name.removeprefix("deploy_"))
+
+
 def _round_robin_seconds(calls: dict[str, tuple], repeats: int) -> tuple[dict[str, float], dict[str, Exception]]:
     """Median wall seconds of each {name: (function, arguments)} call, timed in interleaved rounds (one call of
     each per round, after one untimed call each), so that a change of the machine's load hits every one alike.
@@ -546,7 +575,7 @@ def optimize_for_inference(
 
     for name in (c for c in CANDIDATES if c in candidates):
         try:
-            candidate = compile_model(fast, name)
+            candidate = _build_candidate(name, fast, model)
             _check(candidate, checks, rtol)  # compiles (and recompiles if the other batch size needs it)
             built[name] = candidate
         except Exception as error:  # any failure drops the candidate, with its reason
@@ -579,6 +608,6 @@ def optimize_for_inference(
 
 
 __all__ = [
-    "CANDIDATES", "GRN_NORM_FORMS", "GRN_SCALE_FORMS", "LINEAR_GELU_FORMS", "choose_dw_formats", "choose_ffn_forms",
+    "CANDIDATES", "ChannelsLastDeploy", "GRN_NORM_FORMS", "GRN_SCALE_FORMS", "LINEAR_GELU_FORMS", "choose_dw_formats", "choose_ffn_forms",
     "compile_model", "FastBlock", "FastDenseUniRepLKNet", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model",
 ]
