@@ -39,6 +39,8 @@ PAIRS = {
     "unireplknet_n": "convnextv2_nano",
     "unireplknet_t": "convnextv2_tiny",
 }
+# the instruction-set extensions that decide which oneDNN / Inductor kernels a CPU gets
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")
 DEFAULT_MODELS = [f"{u}:{s}" for u in list(PAIRS)[:4] for s in ("deploy", "fast")] + list(PAIRS.values())[:4]
 
 
@@ -95,15 +97,20 @@ def sync(device: str) -> None:
 
 def machine_info(threads: int, device: str) -> dict:
     cpu = platform.processor() or platform.machine()
+    isa = "n/a"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        lines = []
+    for line in lines:
+        if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
+            cpu = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            isa = " ".join(sorted(f for f in flags if f in ISA_FLAGS)) or "none of " + " ".join(ISA_FLAGS)
+            break
     info = {
-        "cpu": cpu, "threads": threads, "device": device, "python": platform.python_version(),
+        "cpu": cpu, "isa": isa, "threads": threads, "device": device, "python": platform.python_version(),
         "torch": torch.__version__, "timm": timm.__version__, "onednn": torch.backends.mkldnn.is_available(),
     }
     if device.startswith("cuda"):
@@ -121,15 +128,18 @@ def run_backbones(args) -> pd.DataFrame:
     x_fp32 = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=device)
     candidates: list[Candidate] = []
     for spec in args.models:
-        name, _, structure = spec.partition(":")
+        name, _, rest = spec.partition(":")
+        structure, *pinned = rest.split("/") if rest else [""]
         structure = structure or ("deploy" if name.startswith("unireplknet") else "train")
+        modes = [pinned[0]] if pinned and pinned[0] else args.modes  # name:structure/mode/format pins them
+        formats = [pinned[1]] if len(pinned) > 1 and pinned[1] else args.formats
         base = build_model(name, structure).to(device)
         params = sum(p.numel() for p in base.parameters()) / 1e6
         # the fast structure does the deploy structure's arithmetic, partly in fused oneDNN ops the counter misses
         macs = count_macs(build_model(name, "deploy").to(device) if structure == "fast" else base, x_fp32)
-        for fmt in args.formats:
+        for fmt in formats:
             for dt in args.dtypes:
-                for mode in args.modes:
+                for mode in modes:
                     model = copy.deepcopy(base).to(dtype=dtypes[dt])
                     if fmt == "channels_last":
                         model = model.to(memory_format=torch.channels_last)
@@ -240,7 +250,8 @@ def parse_args(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     bb = sub.add_parser("backbones", help="throughput of backbones side by side")
     bb.add_argument("--models", type=lambda s: s.split(","), default=DEFAULT_MODELS,
-                    help="comma list of name[:structure], structure in train/deploy/fast")
+                    help="comma list of name[:structure[/mode[/format]]], structure in train/deploy/fast; a "
+                         "mode / format given there replaces --modes / --formats for that model")
     bb.add_argument("--modes", type=lambda s: s.split(","), default=["eager"],
                     help="any of eager,compile,compile_frozen (Inductor freezing: constant weights)")
     bb.add_argument("--formats", type=lambda s: s.split(","), default=["nchw"], help="nchw,channels_last")

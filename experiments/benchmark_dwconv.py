@@ -144,10 +144,13 @@ def report(df: pd.DataFrame, args) -> str:
         total["per_layer_best"] = (part["best_ms"] * part["layers"]).sum()
         totals.append(total)
     errors = df.groupby("candidate")["rel_error"].max().rename("max_rel_error").reset_index()
+    from experiments.benchmark import machine_info
+
+    machine = ", ".join(f"{k}: {v}" for k, v in machine_info(args.threads, "cpu").items())
     return "\n".join([
         f"# Depthwise convolutions: batch {args.batch_size}, {args.resolution} px, {args.threads} threads, "
         f"medians of {args.repeats} interleaved rounds, ms per batch per layer",
-        "", table.to_markdown(index=False, floatfmt=".3g"), "",
+        "", f"Machine: {machine}", "", table.to_markdown(index=False, floatfmt=".3g"), "",
         "## Per model: depthwise ms per batch (every layer, layers x ms)", "",
         pd.DataFrame(totals).to_markdown(index=False, floatfmt=".4g"), "",
         "## Largest error relative to the output's largest magnitude", "",

@@ -161,7 +161,12 @@ def run_modalities(args) -> pd.DataFrame:
     for modality in modalities:
         for variant in args.speed:
             print(f"[{modality}, {variant}] loader and training step ...", flush=True)
-            row = benchmark_modality(modality, args.batches, args.warmup, SPEED_VARIANTS[variant])
+            try:
+                row = benchmark_modality(modality, args.batches, args.warmup,
+                                         [*args.override, *SPEED_VARIANTS[variant]])
+            except Exception as error:  # one variant failing (e.g. a compiler error) is a result, not the end
+                print(f"[{modality}, {variant}] failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
+                row = {"step_samples_per_s": float("nan"), "error": f"{type(error).__name__}: {str(error)[:200]}"}
             rows.append({"modality": modality, "speed": variant} | row)
     df = pd.DataFrame(rows)
     default = df[df.speed == args.speed[0]].set_index("modality")["step_samples_per_s"]
@@ -190,6 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed", type=lambda s: s.split(","), default=["default"],
                         help=f"training-speed variants, the first is the reference: {', '.join(SPEED_VARIANTS)}")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="run.py overrides for every modality, e.g. experiment=imagenet1k_table14 data.root=...")
     parser.add_argument("--out", default="runs/benchmarks")
 
 

@@ -163,7 +163,9 @@ def apply_speed(task: torch.nn.Module, speed: DictConfig | dict | None) -> dict:
         backbone.to(memory_format=torch.channels_last)
         backbone.register_forward_pre_hook(_to_channels_last)
     if speed.get("compile"):
-        backbone.compile()
+        # static shapes: a new input size recompiles (Dynamo's recompile_limit, then eager) instead of compiling one
+        # symbolic-size graph, which Inductor 2.9 failed to lower for the image mini's backbone (a sympy relational)
+        backbone.compile(dynamic=False)
     return {key: bool(speed.get(key)) for key in ("channels_last", "compile")}
 
 

@@ -3,8 +3,9 @@
 A scene: stuff (sky or a brick wall above a horizon, ground or rippled water below, each with its own texture)
 and things (balls, boxes, roofs, poles of 6-45 % of the image side) drawn back to front, so that later things
 occlude earlier ones, in colours drawn independently of the class (shape and context tell the things apart), plus
-a few unlabelled scribbles. ``render_scene`` returns the image with its per-pixel class map and its per-pixel
-instance map, from which the segmentation mini writes label PNGs and the detection mini COCO instances.
+a few unlabelled scribbles. A thing's fill is flat, a gradient, lit from a point or speckled, whatever its class.
+``render_scene`` returns the image with its per-pixel class map and its per-pixel instance map, from which the
+segmentation mini writes label PNGs and the detection mini COCO instances.
 """
 
 from __future__ import annotations
@@ -64,10 +65,38 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, size=3))
 
 
-def _draw_thing(image: ImageDraw.ImageDraw, maps: list[tuple[ImageDraw.ImageDraw, int]], name: str, size: int,
+def _shaded_fill(fill: tuple[int, int, int], bounds: tuple[float, float, float, float], big: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A big x big x 3 colour layer for one thing: flat, a linear gradient in a random direction, lit from a random
+    point (a dark rim, sometimes a highlight) or speckled, whatever its class, so that neither shading nor
+    colour tells the things apart."""
+    style = rng.choice(["flat", "gradient", "lit", "speckle"])
+    colour = np.asarray(fill, dtype=np.float32)
+    if style == "flat":
+        return np.broadcast_to(colour, (big, big, 3))
+    x0, y0, x1, y1 = bounds
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32)
+    u = (xx - x0) / max(x1 - x0, 1.0) - 0.5  # -0.5..0.5 across the thing
+    v = (yy - y0) / max(y1 - y0, 1.0) - 0.5
+    if style == "gradient":
+        angle = rng.uniform(0, 2 * np.pi)
+        shade = 1.0 + rng.uniform(0.3, 0.8) * (np.cos(angle) * u + np.sin(angle) * v)
+        layer = colour * shade[..., None]
+    elif style == "lit":
+        lx, ly = rng.uniform(-0.35, 0.35, size=2)
+        distance = np.sqrt((u - lx) ** 2 + (v - ly) ** 2)
+        layer = colour * (1.15 - rng.uniform(0.5, 0.9) * np.clip(distance, 0, 1))[..., None]
+        if rng.random() < 0.5:
+            layer = layer + 120.0 * np.exp(-(distance / 0.08) ** 2)[..., None]
+    else:
+        layer = colour + rng.normal(0.0, rng.uniform(10, 30), size=(big, big, 1)).astype(np.float32)
+    return np.clip(layer, 0, 255)
+
+
+def _draw_thing(image: Image.Image, maps: list[tuple[ImageDraw.ImageDraw, int]], name: str, size: int,
                 rng: np.random.Generator) -> None:
-    """One thing of class ``name`` at a random place and size (6-45 % of the image side), drawn into the image
-    and into each (map, value) of ``maps``."""
+    """One thing of class ``name`` at a random place and size (6-45 % of the image side), painted into the image
+    (a shaded fill, ``_shaded_fill``, sometimes an outline) and drawn into each (map, value) of ``maps``."""
     s = size * rng.uniform(0.06, 0.45)
     cx, cy = rng.uniform(0.05, 0.95) * size, rng.uniform(0.15, 0.95) * size
     fill = _random_colour(rng)
@@ -75,27 +104,27 @@ def _draw_thing(image: ImageDraw.ImageDraw, maps: list[tuple[ImageDraw.ImageDraw
     width = max(1, int(s * 0.06))
     if name == "ball":
         box = [cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2]
-        image.ellipse(box, fill=fill, outline=outline, width=width)
-        for draw, value in maps:
-            draw.ellipse(box, fill=value)
+        shape = ("ellipse", box)
     elif name == "box":
         w, h = s * rng.uniform(0.7, 1.3), s * rng.uniform(0.7, 1.3)
-        box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        image.rectangle(box, fill=fill, outline=outline, width=width)
-        for draw, value in maps:
-            draw.rectangle(box, fill=value)
+        shape = ("rectangle", [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
     elif name == "roof":
         w, h = s * rng.uniform(1.0, 1.6), s * rng.uniform(0.5, 0.9)
-        points = [(cx - w / 2, cy + h / 2), (cx + w / 2, cy + h / 2), (cx + rng.uniform(-0.2, 0.2) * w, cy - h / 2)]
-        image.polygon(points, fill=fill, outline=outline, width=width)
-        for draw, value in maps:
-            draw.polygon(points, fill=value)
-    else:  # pole: thin and tall, standing on the bottom of its box
+        shape = ("polygon", [(cx - w / 2, cy + h / 2), (cx + w / 2, cy + h / 2),
+                             (cx + rng.uniform(-0.2, 0.2) * w, cy - h / 2)])
+    else:  # pole: thin and tall, standing on the bottom of its box; never outlined
         w, h = max(s * rng.uniform(0.08, 0.16), 3.0), s * rng.uniform(1.5, 2.5)
-        box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        image.rectangle(box, fill=fill)
-        for draw, value in maps:
-            draw.rectangle(box, fill=value)
+        shape, outline = ("rectangle", [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), None
+    kind, geometry = shape
+    silhouette = Image.new("L", image.size, 0)
+    getattr(ImageDraw.Draw(silhouette), kind)(geometry, fill=255)
+    bounds = silhouette.getbbox() or (0, 0, 1, 1)
+    layer = _shaded_fill(fill, bounds, image.size[0], rng)
+    image.paste(Image.fromarray(layer.astype(np.uint8)), (0, 0), silhouette)
+    if outline is not None:
+        getattr(ImageDraw.Draw(image), kind)(geometry, outline=outline, width=width)
+    for draw, value in maps:
+        getattr(draw, kind)(geometry, fill=value)
 
 
 def render_scene(rng: np.random.Generator, size: int, things: tuple[int, int] = (2, 7)) -> Scene:
@@ -114,7 +143,7 @@ def render_scene(rng: np.random.Generator, size: int, things: tuple[int, int] = 
     thing_classes = []
     for k in range(1, int(rng.integers(*things)) + 1):  # back to front: later things occlude earlier ones
         name = THINGS[int(rng.integers(len(THINGS)))]
-        _draw_thing(draw_image, [(draw_classes, class_value(name)), (draw_instances, k)], name, big, rng)
+        _draw_thing(image, [(draw_classes, class_value(name)), (draw_instances, k)], name, big, rng)
         thing_classes.append(name)
     for _ in range(int(rng.integers(0, 3))):  # unlabelled clutter: class 0, no instance
         points = [tuple(float(v) for v in rng.uniform(0, big, size=2)) for _ in range(3)]

@@ -46,7 +46,8 @@ def test_mini_is_coco_layout_with_visible_instances(small_root):
 
 
 def test_targets_follow_the_annotations(small_root):
-    datamodule = DetectionDataModule(small_root, num_workers=0, batch_size=2, test_split="test2017", hflip=0.0)
+    datamodule = DetectionDataModule(small_root, num_workers=0, batch_size=2, test_split="test2017",
+                                     augment={"hflip": 0.0})
     assert datamodule.num_classes == 4 and datamodule.class_names == ["ball", "box", "roof", "pole"]
     image, target = datamodule.dataset("train")[0]
     assert image.shape == (3, 128, 128) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
@@ -57,6 +58,26 @@ def test_targets_follow_the_annotations(small_root):
         assert torch.allclose(box, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32))
     images, targets = collate_detection([datamodule.dataset("train")[i] for i in range(3)] + [None])
     assert len(images) == len(targets) == 3
+
+
+def test_augment_warps_masks_and_boxes_together(small_root):
+    plain = DetectionDataModule(small_root, num_workers=0, augment={"hflip": 0.0}).dataset("train")[1]
+    warped_module = DetectionDataModule(small_root, num_workers=0,
+                                        augment={"scale_range": [0.5, 0.6], "rotation": 30, "color_jitter": 0.3})
+    torch.manual_seed(3)
+    image, target = warped_module.dataset("train")[1]
+    masks, boxes = target["masks"], target["boxes"]
+    assert image.shape == plain[0].shape and not torch.equal(image, plain[0])
+    assert masks.shape[0] == len(boxes) == len(target["labels"]) == len(target["iscrowd"]) == len(target["area"]) >= 1
+    for box, mask, area in zip(boxes, masks, target["area"]):  # the box of the WARPED mask, not of warped corners
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert torch.equal(box, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32))
+        assert area == mask.sum() >= mini.MIN_VISIBLE
+    # zoomed out to half the size, every thing shrinks to about a quarter of its area
+    assert target["masks"].sum() < 0.5 * plain[1]["masks"].sum()
+    assert not DetectionDataModule(small_root, num_workers=0, augment={"hflip": 0.0}).augment
+    with pytest.raises(ValueError, match=r"scale_range must be \[low, high\]"):
+        DetectionDataModule(small_root, num_workers=0, augment={"scale_range": [1.2, 0.8]})
 
 
 def coco_with_gaps_and_crowd(root, tmp_path):
@@ -78,7 +99,7 @@ def coco_with_gaps_and_crowd(root, tmp_path):
 
 def test_category_ids_with_gaps_and_crowd_regions(small_root, tmp_path):
     root = coco_with_gaps_and_crowd(small_root, tmp_path)
-    datamodule = DetectionDataModule(root, num_workers=0, hflip=0.0)
+    datamodule = DetectionDataModule(root, num_workers=0, augment={"hflip": 0.0})
     train = datamodule.dataset("train")
     assert set(torch.cat([train[i][1]["labels"] for i in range(len(train))]).tolist()) <= {1, 2, 3, 4}
     val = datamodule.dataset("val")
@@ -114,7 +135,7 @@ def test_bad_images_and_annotations_are_named_and_counted(small_root, tmp_path):
 
 def test_task_detects_learns_and_scores(small_root):
     torch.manual_seed(0)
-    datamodule = DetectionDataModule(small_root, num_workers=0, hflip=0.0)
+    datamodule = DetectionDataModule(small_root, num_workers=0, augment={"hflip": 0.0})
     task = DetectionTask(4, {"name": "unireplknet_test"}, ADAPTER, **TINY)
     images, targets = collate_detection([datamodule.dataset("train")[i] for i in range(2)])
     losses = task.detector(images, [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets])

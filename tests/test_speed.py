@@ -85,3 +85,15 @@ def test_dwconv_benchmark_lists_every_shape_and_the_fastest_exact(tmp_path):
     text = (tmp_path / "dwconv.md").read_text()
     assert "fastest_exact" in text and "per_layer_best" in text
 
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_to_the_same_values():
+    plain, fast = _task(), _task()
+    harness.apply_speed(fast, {"channels_last": True, "compile": True})
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for task in (plain, fast):
+        task.train()
+        F.cross_entropy(task(x), y).backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from modalities.base import BadInputCounter, ModalityDataModule, UnreadableInputError, report_bad_input
 from modalities.detection import mini
+from modalities.detection.preprocess import DetectionAugment
 
 DATASET_HELP = """\
 detection dataset not found: {missing} does not exist.
@@ -60,14 +60,14 @@ def collate_detection(samples: list) -> tuple[list, list]:
 class CocoInstances(Dataset):
     """The images of one COCO instances file with their targets (see the module docstring)."""
 
-    def __init__(self, folder: Path, coco, training: bool, hflip: float = 0.0,
+    def __init__(self, folder: Path, coco, training: bool, augment: DetectionAugment | None = None,
                  bad_inputs: BadInputCounter | None = None):
         self.folder, self.training, self.bad_inputs = folder, training, bad_inputs
         self.coco = coco
         self.ids = sorted(self.coco.imgs)
         self.category_ids = sorted(self.coco.cats)
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
-        self.flip = v2.RandomHorizontalFlip(hflip) if training and hflip else None
+        self.augment = augment if training and augment else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,8 +109,8 @@ class CocoInstances(Dataset):
             "area": torch.tensor(areas, dtype=torch.float32),
             "image_id": image_id,
         }
-        if self.flip is not None:
-            pixels, target = self.flip(pixels, target)
+        if self.augment is not None:
+            pixels, target = self.augment(pixels, target)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
         target["masks"] = target["masks"].as_subclass(torch.Tensor)
         return pixels.as_subclass(torch.Tensor).float() / 255.0, target
@@ -124,7 +124,8 @@ class DetectionDataModule(ModalityDataModule):
             build_mini, mini_seed: see ``modalities.base.ModalityDataModule`` (``num_classes``: categories,
             without the background).
         train_split, val_split, test_split: image folder names; ``annotations/instances_<split>.json`` each.
-        hflip: training flip probability (the detector's transform does the multi-scale resizing).
+        augment: keyword arguments of ``preprocess.DetectionAugment`` (hflip, color_jitter, scale_range,
+            rotation) for the training split; the detector's transform does the multi-scale resizing.
     """
 
     in_chans = 3
@@ -146,12 +147,12 @@ class DetectionDataModule(ModalityDataModule):
         test_split: str = "val2017",
         build_mini: bool = False,
         mini_seed: int = 0,
-        hflip: float = 0.5,
+        augment: dict | None = None,
     ):
         super().__init__(root, num_classes, batch_size, eval_batch_size, num_workers, pin_memory,
                          persistent_workers, build_mini, mini_seed)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self.hflip = hflip
+        self.augment = DetectionAugment(**(augment if augment is not None else {"hflip": 0.5}))
         self._indexes: dict[Path, object] = {}  # instances file -> its pycocotools index (COCO's train file: ~450 MB)
 
     def coco_index(self, split: str):
@@ -179,7 +180,7 @@ class DetectionDataModule(ModalityDataModule):
             if not path.exists():
                 raise FileNotFoundError(DATASET_HELP.format(missing=path))
         dataset = CocoInstances(self.root / folder, self.coco_index(split), training=split == "train",
-                                hflip=self.hflip, bad_inputs=self.bad_inputs)
+                                augment=self.augment, bad_inputs=self.bad_inputs)
         if [dataset.coco.cats[i]["name"] for i in dataset.category_ids] != self.class_names:
             raise ValueError(f"{annotations} lists other categories than the train split's: {self.class_names}")
         return dataset

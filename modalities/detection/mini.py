@@ -26,7 +26,7 @@ CATEGORIES = [{"id": i + 1, "name": name, "supercategory": "thing"} for i, name 
 SPLITS = {"train2017": 600, "val2017": 64, "test2017": 96}
 IMAGE_SIZE = 128
 MIN_VISIBLE = 12  # pixels
-VERSION = 1
+VERSION = 2  # 2: shaded fills (modalities.scenes)
 
 
 def annotation_file(root: str | os.PathLike, split: str) -> Path:

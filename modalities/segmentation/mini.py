@@ -25,7 +25,7 @@ from modalities.scenes import CLASSES, render_scene  # noqa: F401 (CLASSES: labe
 SPLITS = {"training": 480, "validation": 64, "testing": 96}
 PREFIX = {"training": "ADE_train", "validation": "ADE_val", "testing": "ADE_test"}
 IMAGE_SIZE = 96
-VERSION = 1
+VERSION = 2  # 2: shaded fills (modalities.scenes)
 INFO_FILE = "objectInfo150.txt"
 
 
