@@ -139,7 +139,8 @@ def render_scene(rng: np.random.Generator, size: int, things: tuple[int, int] = 
     classes[:horizon], classes[horizon:] = class_value(upper), class_value(lower)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     class_map, instance_map = Image.fromarray(classes), Image.new("L", (big, big), 0)
-    draw_image, draw_classes, draw_instances = ImageDraw.Draw(image), ImageDraw.Draw(class_map), ImageDraw.Draw(instance_map)
+    draw_image, draw_classes = ImageDraw.Draw(image), ImageDraw.Draw(class_map)
+    draw_instances = ImageDraw.Draw(instance_map)
     thing_classes = []
     for k in range(1, int(rng.integers(*things)) + 1):  # back to front: later things occlude earlier ones
         name = THINGS[int(rng.integers(len(THINGS)))]

@@ -22,9 +22,9 @@ defaults need no measurement (channels_last depthwise convs, the fused Linear, a
 folded into whichever operand is smaller). With one, ``optimize_for_inference`` times each form per distinct
 block shape (``choose_dw_formats``, ``choose_ffn_forms``), then the candidates "eager", "compile" and
 "compile_frozen" of the fast structure (``compile_model``) and "deploy_compile" / "deploy_compile_frozen", the
-plain re-parameterized structure in channels_last compiled (``ChannelsLastDeploy``: on CPUs where Inductor's own
-fusions beat the hand-fused oneDNN forms, as on an Intel Xeon with AVX-512): each one is checked against the original on the example and on a batch one
-larger, a candidate that fails to build, compile, run or match is dropped (``inference_choice["rejected"]``
+plain re-parameterized structure in channels_last compiled (``ChannelsLastDeploy``, for CPUs where Inductor's own
+fusions beat the hand-fused oneDNN forms): each one is checked against the original on the example and on a batch
+one larger, a candidate that fails to build, compile, run or match is dropped (``inference_choice["rejected"]``
 says why), and the fastest of the rest is returned. Under ``torch.compile`` the forward uses only layout-explicit,
 out-of-place operations, so it compiles for either depthwise format and recompiles for new batch and input
 sizes. Measurements behind these choices: docs/performance.md.
@@ -608,6 +608,7 @@ def optimize_for_inference(
 
 
 __all__ = [
-    "CANDIDATES", "ChannelsLastDeploy", "GRN_NORM_FORMS", "GRN_SCALE_FORMS", "LINEAR_GELU_FORMS", "choose_dw_formats", "choose_ffn_forms",
-    "compile_model", "FastBlock", "FastDenseUniRepLKNet", "FastDownsample", "FastUniRepLKNet", "optimize_for_inference", "to_fast_model",
+    "CANDIDATES", "ChannelsLastDeploy", "GRN_NORM_FORMS", "GRN_SCALE_FORMS", "LINEAR_GELU_FORMS",
+    "choose_dw_formats", "choose_ffn_forms", "compile_model", "FastBlock", "FastDenseUniRepLKNet", "FastDownsample",
+    "FastUniRepLKNet", "optimize_for_inference", "to_fast_model",
 ]
