@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import core
+from experiments.benchmark import machine_info
 
 TOLERANCE = 1e-4
 
@@ -144,8 +145,6 @@ def report(df: pd.DataFrame, args) -> str:
         total["per_layer_best"] = (part["best_ms"] * part["layers"]).sum()
         totals.append(total)
     errors = df.groupby("candidate")["rel_error"].max().rename("max_rel_error").reset_index()
-    from experiments.benchmark import machine_info
-
     machine = ", ".join(f"{k}: {v}" for k, v in machine_info(args.threads, "cpu").items())
     return "\n".join([
         f"# Depthwise convolutions: batch {args.batch_size}, {args.resolution} px, {args.threads} threads, "

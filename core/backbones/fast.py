@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.backbones.dense import DenseUniRepLKNet
+from core.backbones.factory import reparameterize
 from core.backbones.layers import SEBlock
 from core.backbones.unireplknet import DilatedReparamBlock, UniRepLKNet, UniRepLKNetBlock
 
@@ -350,11 +351,7 @@ class ChannelsLastDeploy(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = copy.deepcopy(model).eval()
-        for module in self.model.modules():
-            if isinstance(module, UniRepLKNetBlock):
-                module.reparameterize()
-        self.model.to(memory_format=torch.channels_last)
+        self.model = reparameterize(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
 
