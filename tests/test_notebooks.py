@@ -41,6 +41,12 @@ def test_the_notebooks_are_committed_executed_with_their_figures():
 
 
 def execute(path, tmp_path, timeout: int) -> tuple[nbformat.NotebookNode, float]:
+    """Run ``path`` in a fresh kernel started in ``tmp_path``.
+
+    Callers point ``TMPDIR`` at ``tmp_path`` too: the notebooks train into ``tempfile.mkdtemp()`` directories
+    (hundreds of MB in all) and the kernel inherits the variable, so those land where pytest cleans up instead of
+    piling up in /tmp run after run.
+    """
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
@@ -58,6 +64,7 @@ def assert_ran_and_plotted(notebook: nbformat.NotebookNode) -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_executes_in_quick_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     notebook, seconds = execute(path, tmp_path, timeout=600)
     assert_ran_and_plotted(notebook)
     print(f"{path.name}: {seconds:.1f} s")
@@ -67,6 +74,7 @@ def test_notebook_executes_in_quick_mode(path, tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_executes_in_full(path, tmp_path, monkeypatch):
     monkeypatch.delenv("NOTEBOOK_QUICK", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     notebook, seconds = execute(path, tmp_path, timeout=1800)
     assert_ran_and_plotted(notebook)
     print(f"{path.name}: {seconds:.1f} s")
