@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or Path("runs") / "video_baseline" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     tiled = read_results(args.tiled_run) if args.tiled_run else run(args.overrides, out / "tiled")
-    single_frame = ["data.num_frames=1", "adapter.rows=1", "adapter.cols=1"]
+    # one RGB frame: no previous frame to take a difference to
+    single_frame = ["data.num_frames=1", "adapter.rows=1", "adapter.cols=1", "adapter.frame_difference=false",
+                    "data.in_chans=3"]
     single = run([*args.overrides, *single_frame], out / "single_frame")
     summary = summarize(tiled, single)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -271,3 +271,34 @@ def test_prepare_data_builds_the_default_mini(tmp_path):
     speakers = {split: {speaker(f) for f, _ in files} for split, files in dm.split_files.items()}
     assert [len(speakers[s]) for s in ("train", "val", "test")] == [44, 8, 8]
     assert [len(dm.split_files[s]) for s in ("train", "val", "test")] == [880, 160, 160]
+
+
+def test_babble_adds_other_training_talkers_and_keeps_the_label(mini_root):
+    torch.manual_seed(0)
+    augment = {**NO_AUGMENT["augment"], "babble_prob": 1.0, "babble_snr_db": [0.0, 0.0], "babble_talkers": 2}
+    train = AudioDataModule(root=mini_root, augment=augment).dataset("train")
+    clip = load_clip(train.files[0])
+    babble = train._babble(clip.shape[-1])
+    assert babble.shape == clip.shape and babble.pow(2).mean() > 0
+    # each talker is a training clip rolled in time at 0.3 - 1 of unit RMS: 1 or 2 of them sum to <= 2 x unit RMS
+    assert 0.3**2 / 2 < float(babble.pow(2).mean()) <= 4.0
+    plain = fbank_features(clip, 16000)
+    features, target = train[0]
+    assert (features - plain).abs().mean() > 0.01  # at 0 dB the other talkers are as loud as the word
+    assert torch.equal(target, train.one_hot(train.labels[0]))  # the word spoken loudest keeps its label
+    quiet = AudioDataModule(root=mini_root, augment={**augment, "babble_snr_db": [80.0, 80.0]}).dataset("train")
+    assert (quiet[0][0] - plain).abs().mean() < 1e-4  # 80 dB down: the plain features (but for silent frames)
+    with pytest.raises(ValueError, match="augment.babble_talkers must be >= 1"):
+        AudioDataModule(root=mini_root, augment={**augment, "babble_talkers": 0}).dataset("train")
+    with pytest.raises(ValueError, match=r"unknown audio augmentation keys \[.babel_prob.\]; valid keys: .*babble_prob"):
+        AudioDataModule(root=mini_root, augment={"babel_prob": 0.5})
+
+
+def test_cached_waveforms_are_read_once(copied_root):
+    train = AudioDataModule(root=copied_root, cache_waveforms=True, **NO_AUGMENT).dataset("train")
+    uncached = AudioDataModule(root=copied_root, **NO_AUGMENT).dataset("train")
+    first = train[3][0]
+    Path(train.files[3]).unlink()  # a cached clip is not read again
+    torch.testing.assert_close(train[3][0], first, rtol=0, atol=0)
+    with pytest.warns(BadAudioFileWarning, match="skipping .*: "):
+        assert uncached[3] is None  # without the cache the missing file is named and skipped

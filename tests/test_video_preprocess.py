@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modalities.video.adapter import VideoAdapter
+from tests.conftest import compose_config
 from modalities.video.preprocess import (
     EvalClipTransform,
     TrainClipTransform,
@@ -127,6 +128,33 @@ def test_adapter_layout_and_shape_checks():
         VideoAdapter(layout="mosaic")
     with pytest.raises(ValueError, match=r"VideoAdapter expects clips of shape B x N_F x 3 x h x w .* got \(2, 3, 8, 8\)"):
         VideoAdapter()(torch.zeros(2, 3, 8, 8))
+
+
+def test_frame_difference_tiles_each_frame_with_its_difference_to_the_previous_one():
+    adapter = VideoAdapter(layout="grid", rows=2, cols=2, frame_difference=True)
+    assert adapter.out_chans == 6 and VideoAdapter().out_chans == 3
+    torch.manual_seed(0)
+    clips = torch.randn(2, 4, 3, 5, 5)
+    out = adapter(clips)
+    assert out.shape == (2, 6, 10, 10)
+    assert torch.equal(out[:, :3], tile_frames(clips, "grid", 2, 2))  # the RGB tiles are untouched
+    difference = out[:, 3:]
+    # tile (row, col) of frame t: t = 1 is at (0, 1), t = 3 at (1, 1); frame 0's tile repeats frame 1's difference
+    torch.testing.assert_close(difference[:, :, :5, 5:], clips[:, 1] - clips[:, 0])
+    torch.testing.assert_close(difference[:, :, 5:, 5:], clips[:, 3] - clips[:, 2])
+    torch.testing.assert_close(difference[:, :, :5, :5], clips[:, 1] - clips[:, 0])
+    # a static clip has zero difference everywhere, whatever it looks like
+    static = clips[:, :1].expand(-1, 4, -1, -1, -1)
+    assert torch.count_nonzero(adapter(static)[:, 3:]) == 0
+    with pytest.raises(ValueError, match="frame_difference needs clips of at least 2 frames, got 1"):
+        VideoAdapter(rows=1, cols=1, frame_difference=True)(torch.zeros(1, 1, 3, 4, 4))
+
+
+def test_video_configs_declare_the_channels_their_adapter_makes():
+    mini = compose_config(["modality=video"])
+    assert mini.adapter.frame_difference and mini.data.in_chans == 6
+    kinetics = compose_config(["experiment=kinetics400_unireplknet_s"])  # the paper's RGB tiles
+    assert not kinetics.adapter.frame_difference and kinetics.data.in_chans == 3
 
 
 # --- sampling ----------------------------------------------------------------------------------------------

@@ -284,9 +284,9 @@ class VideoDataModule(ModalityDataModule):
         val_clips, val_crops, test_clips, test_crops: evaluation views per video (5 x 3 at paper scale for test).
         augment: keyword arguments of ``preprocess.TrainClipTransform`` (scale, ratio, hflip, rand_augment, re_prob).
         mixup: ``timm.data.Mixup`` arguments for the train collate (None: int labels, no mixing).
+        in_chans: C' of the adapter's maps: 3, or 6 with ``VideoAdapter(frame_difference=True)`` (the clips
+            themselves are RGB either way).
     """
-
-    in_chans = 3
     mini = mini
     bad_input_kinds = {"skipped_videos": True, "missing_videos": True, "padded_clips": False}
 
@@ -315,6 +315,7 @@ class VideoDataModule(ModalityDataModule):
         mixup: dict | None = None,
         build_mini: bool = False,
         mini_seed: int = 0,
+        in_chans: int = 3,
     ):
         if annotation_format not in FORMATS:
             raise ValueError(f"unknown annotation_format {annotation_format!r}; valid choices: {', '.join(FORMATS)}")
@@ -335,6 +336,7 @@ class VideoDataModule(ModalityDataModule):
         self.views = {"val": (val_clips, val_crops), "test": (test_clips, test_crops)}
         self.augment = dict(augment or {})
         self.mixup = dict(mixup) if mixup else None
+        self.in_chans = in_chans
 
     # --- the base's hooks ----------------------------------------------------------------------------------
 
