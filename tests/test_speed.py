@@ -27,7 +27,7 @@ def test_channels_last_keeps_values_and_keys():
     plain, fast = _task(), _task()
     x = torch.randn(2, 3, 32, 32)
     applied = harness.apply_speed(fast, {"channels_last": True, "compile": False})
-    assert applied == {"channels_last": True, "compile": False}
+    assert applied == {"channels_last": True, "compile": False, "threads": torch.get_num_threads()}
     stem = next(m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert stem.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.state_dict().keys() == plain.state_dict().keys()
@@ -51,6 +51,17 @@ def test_compiled_backbone_keeps_keys_and_deploy_copy_runs_eagerly():
         torch.testing.assert_close(task(x), reference(x))
 
 
+def test_threads_option_sets_the_intra_op_thread_count():
+    before = torch.get_num_threads()
+    try:
+        assert harness.apply_speed(_task(), {"threads": 1})["threads"] == 1 and torch.get_num_threads() == 1
+        with pytest.raises(harness.ConfigError, match="speed.threads must be null or a positive integer, got 0"):
+            harness.apply_speed(_task(), {"threads": 0})
+    finally:
+        torch.set_num_threads(before)
+    assert harness.apply_speed(_task(), {"threads": None})["threads"] == before
+
+
 def test_unknown_speed_option_is_named():
     with pytest.raises(harness.ConfigError, match=r"unknown speed option\(s\) \['bf16'\]"):
         harness.apply_speed(_task(), {"bf16": True})
@@ -61,7 +72,7 @@ def test_speed_variants_compose_as_run_overrides():
 
     for overrides in SPEED_VARIANTS.values():
         cfg = compose_modality("image", overrides)
-        assert set(cfg.speed) == {"channels_last", "compile"}
+        assert set(cfg.speed) == {"channels_last", "compile", "threads"}
     assert compose_modality("image", SPEED_VARIANTS["bf16"]).trainer.precision == "bf16-mixed"
 
 
