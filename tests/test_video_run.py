@@ -76,11 +76,13 @@ def test_modality_video_recipe_composes():
 def test_modality_video_fast_dev_run(make_config, tiny_mini_root, tmp_path, single_frame):
     overrides = ["modality=video", "debug=fast_dev_run", f"data.root={tiny_mini_root}", "data.build_mini=false",
                  "data.batch_size=4"]
-    if single_frame:
-        overrides += ["data.num_frames=1", "adapter.rows=1", "adapter.cols=1"]
+    if single_frame:  # one RGB frame: no frame difference (the baseline script's overrides)
+        overrides += ["data.num_frames=1", "adapter.rows=1", "adapter.cols=1", "adapter.frame_difference=false",
+                      "data.in_chans=3"]
     record = train(make_config(overrides))
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["modality"] == "video" and saved["in_chans"] == 3 and saved["num_classes"] == 10
+    assert saved["modality"] == "video" and saved["num_classes"] == 10
+    assert saved["in_chans"] == (3 if single_frame else 6)  # the mini recipe tiles frames with their differences
     assert 0.0 <= record["test/acc"] <= 1.0
     assert record["test/acc_deploy"] == pytest.approx(record["test/acc"], abs=1e-6)
     assert record["deploy_max_logit_diff"] < 1e-3
