@@ -84,7 +84,7 @@ AUGMENT_DEFAULTS = MappingProxyType({
     "background_noise_prob": 0.0, "background_snr_db": (5.0, 20.0),
     # speaker augmentation (off in the paper recipe): speed perturbation and VTLN warp factor ranges, or null
     "speed": None, "vtln_warp": None,
-    # babble (off in the paper recipe): with this probability, 1 - babble_talkers other training clips, each at a
+    # babble (off in the paper recipe): with this probability, 1 to babble_talkers other training clips, each at a
     # random offset, summed and added at a random SNR; the clip keeps its label (the loudest word is the answer)
     "babble_prob": 0.0, "babble_snr_db": (5.0, 20.0), "babble_talkers": 3,
 })
@@ -319,9 +319,8 @@ class SpeechCommandsDataset(Dataset):
         fbank = normalize_fbank(fbank, *stats)
         return jitter_and_roll(fbank, self.noise_scale, self.roll_frames), target
 
-
     def _babble(self, n: int) -> Tensor | None:
-        """Other talkers: 1 - ``babble_talkers`` random training clips, each rolled by a random offset and scaled
+        """Other talkers: 1 to ``babble_talkers`` random training clips, each rolled by a random offset and scaled
         to a random level between 0.3 and 1 of unit RMS, summed (None when no clip could be read).
 
         Written here: torchaudio has no babble source, and the babble has to be made of this dataset's own speech.
