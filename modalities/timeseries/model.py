@@ -467,7 +467,7 @@ class UniRepLKNetForecaster(nn.Module):
         without intercept commutes with); the map from the L demeaned inputs of a station (of a node's stations)
         to its P demeaned futures is solved with ridge ``ridge * mean(diag(X^T X))``, pooled over stations
         (nodes), and written into ``linear_start`` (bias 0). Squared errors are then weighted as the training loss
-        weighs them, in stored units. Called by ``FitLinearStart`` at the start of training: the CPU recipe's two
+        weighs them, in stored units. Called by ``FitLinearStart`` at the start of training: the CPU recipe's few
         epochs then train the encoder and decoder on what the linear forecast leaves, instead of spending them
         on learning the linear part by gradient steps.
         """
