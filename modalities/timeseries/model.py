@@ -335,6 +335,9 @@ class UniRepLKNetForecaster(nn.Module):
         decoder_init: how the decoder's P future steps start (see ``decoder_inputs``): ``mean`` (Corrformer's) or
             ``last_period`` (a seasonal-naive start, used by the CPU-scale mini recipe).
         period: the season of ``last_period`` in steps (24 = one day of hourly data).
+        level_anomaly: the linear start (``linear`` / ``node_linear``) also reads each station's window mean minus
+            that station's train-split mean (its level anomaly): a warm spell tends to end, a level-free map cannot
+            see one. The train means are set by ``fit_linear_start`` (a buffer, saved with the model).
     """
 
     def __init__(
@@ -359,15 +362,19 @@ class UniRepLKNetForecaster(nn.Module):
         decoder_init: str = "mean",
         period: int = 24,
         time_features: list[str] | None = None,
+        level_anomaly: bool = False,
     ):
         super().__init__()
         if not 0 <= label_len <= seq_len:
             raise ValueError(f"label_len={label_len} must be in [0, seq_len={seq_len}]")
         if decoder_init not in DECODER_INITS:
             raise ValueError(f"unknown decoder_init {decoder_init!r}; valid choices: {', '.join(DECODER_INITS)}")
+        if level_anomaly and decoder_init not in ("linear", "node_linear"):
+            raise ValueError(f"level_anomaly needs a linear start (decoder_init linear / node_linear), "
+                             f"got decoder_init={decoder_init!r}")
         if decoder_init == "last_period" and not 0 < period <= seq_len:
             raise ValueError(f"period={period} must be in [1, seq_len={seq_len}]")
-        self.decoder_init, self.period = decoder_init, period
+        self.decoder_init, self.period, self.level_anomaly = decoder_init, period, level_anomaly
         # the calendar features the embeddings see (the others are zeroed); None: all four (Corrformer's).
         # Day of year / month are values a model trained on part of a year has never seen in later test months.
         names = list(TIME_FEATURES) if time_features is None else list(time_features)
@@ -404,8 +411,12 @@ class UniRepLKNetForecaster(nn.Module):
             # stations it was not trained on (see ``forward``).
             # "node_linear": one map over all stations of a node (D/n x L -> D/n x P, shared by the nodes), so a
             # station's start also reads its neighbours (an upwind station's past is a downwind one's future).
+            # level_anomaly: one more input per station, its window mean minus its train mean (see the Args)
             width = per_node if decoder_init == "node_linear" else 1
-            self.linear_start = nn.Linear(width * seq_len, width * pred_len)
+            self.start_inputs = seq_len + int(level_anomaly)  # inputs per station
+            self.linear_start = nn.Linear(width * self.start_inputs, width * pred_len)
+            if level_anomaly:  # each station's train-split mean, in stored units (fit_linear_start sets it)
+                self.register_buffer("station_level", torch.full((num_series,), float("nan")))
             # 1 once ``fit_linear_start`` has solved the map: it is then kept as fitted (no gradient), and the
             # encoder / decoder learn only what it leaves (a buffer, so checkpoints and resumed runs keep it)
             self.register_buffer("linear_start_fitted", torch.zeros((), dtype=torch.bool))
@@ -415,7 +426,7 @@ class UniRepLKNetForecaster(nn.Module):
                 steps = torch.arange(pred_len)
                 for station in range(width):  # weight 1 on the same station's same hour one period earlier
                     self.linear_start.weight[station * pred_len + steps,
-                                             station * seq_len + seq_len - period + steps % period] = 1.0
+                                             station * self.start_inputs + seq_len - period + steps % period] = 1.0
 
     def encode(self, x: Tensor, calendar: Tensor, known: bool = True) -> Tensor:
         """Normalized B x L x D (+ B x L x F calendar) -> (B n) x L x D' per-node feature sequence."""
@@ -452,7 +463,7 @@ class UniRepLKNetForecaster(nn.Module):
         x, stats = self.norm.normalize(x, known)
         memory = self.encode(x, calendar[:, : self.seq_len], known)  # (B n) x L x D'
 
-        seasonal_init, trend_start = self.decoder_inputs(x, num_nodes, known)  # B x (label + P) x D each
+        seasonal_init, trend_start = self.decoder_inputs(x, num_nodes, known, stats)  # B x (label + P) x D each
         dec_in = self.dec_embedding(seasonal_init, calendar[:, self.seq_len - self.label_len :], known)  # (B n) x (label+P) x D'
         y = self.decoder(dec_in, memory, to_nodes(trend_start, num_nodes), num_nodes)  # (B n) x (label+P) x D/n
         y = from_nodes(y[:, -self.pred_len :], num_nodes)  # B x P x D
@@ -482,18 +493,30 @@ class UniRepLKNetForecaster(nn.Module):
             raise ValueError(f"the series ({len(values)} steps) is shorter than one window ({span})")
         windows = values.T.unfold(1, span, 1)  # D x N x span
         groups = windows.reshape(self.num_series // width, width, -1, span).permute(0, 2, 1, 3)  # groups x N x w x span
+        node_of_row = torch.arange(groups.shape[0]).repeat_interleave(groups.shape[1])  # which node each row is
         groups = groups.reshape(-1, width, span)
-        groups = groups[torch.isfinite(groups).all(dim=(1, 2))]
+        complete = torch.isfinite(groups).all(dim=(1, 2))
+        groups, node_of_row = groups[complete], node_of_row[complete]
         if len(groups) > max_rows:  # an even subsample keeps the solve small on big station sets
-            groups = groups[torch.linspace(0, len(groups) - 1, max_rows).long()]
+            keep = torch.linspace(0, len(groups) - 1, max_rows).long()
+            groups, node_of_row = groups[keep], node_of_row[keep]
         if len(groups) == 0:
             raise ValueError("no complete window in the series to fit the linear start on")
-        centred = groups - groups[..., : self.seq_len].mean(dim=-1, keepdim=True)
-        inputs = centred[..., : self.seq_len].reshape(len(groups), -1)  # rows x (w L), station-major
+        means = groups[..., : self.seq_len].mean(dim=-1, keepdim=True)  # rows x w x 1
+        centred = groups - means
+        inputs = centred[..., : self.seq_len]  # rows x w x L
+        if self.level_anomaly:  # window mean minus the station's train mean, as one more input per station
+            level = torch.nanmean(values, dim=0)  # D
+            if not torch.isfinite(level).all():
+                raise ValueError("a station has no observed value in the series; its train mean is undefined")
+            self.station_level.copy_(level.to(self.station_level.dtype))
+            anomaly = means - level.reshape(-1, width, 1)[node_of_row]  # rows x w x 1
+            inputs = torch.cat([inputs, anomaly], dim=-1)  # rows x w x (L + 1)
+        inputs = inputs.reshape(len(groups), -1)  # rows x (w L'), station-major
         targets = centred[..., self.seq_len :].reshape(len(groups), -1)  # rows x (w P)
         gram = inputs.T @ inputs
         gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(len(gram), dtype=gram.dtype)
-        weight = torch.linalg.solve(gram, inputs.T @ targets).T  # (w P) x (w L)
+        weight = torch.linalg.solve(gram, inputs.T @ targets).T  # (w P) x (w L')
         self.linear_start.weight.copy_(weight.to(self.linear_start.weight.dtype))
         self.linear_start.bias.zero_()
         self.linear_start_fitted.fill_(True)
@@ -505,25 +528,40 @@ class UniRepLKNetForecaster(nn.Module):
                 nn.init.zeros_(module.bias)
         return len(groups)
 
-    def linear_forecast(self, x: Tensor, num_nodes: int, known: bool = True) -> Tensor:
+    def linear_forecast(
+        self, x: Tensor, num_nodes: int, known: bool = True, stats: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """The linear start of ``decoder_init`` "linear" / "node_linear": normalized B x L x D -> B x P x D.
 
-        The map acts on the standardized window (``WindowNorm``'s learnable affine undone, then redone on its
-        output), so it stays the least-squares map it was fitted as while the affine trains.
+        The map acts on the window in the units it was fitted in: ``WindowNorm``'s learnable affine undone and
+        each station's values multiplied back by its window std (``stats``: the window's (mean, std), B x 1 x D,
+        from ``WindowNorm.normalize``; without it the std is taken as 1, i.e. ``x`` is a demeaned raw window);
+        its output is divided by the std and the affine redone. So it stays the least-squares map it was fitted
+        as while the affine trains, also where it mixes stations of different stds (``node_linear``). With
+        ``level_anomaly`` it also reads (window mean - station train mean); the anomaly is 0 without ``stats``,
+        for stations other than the model's (their train means are unknown) and before ``fit_linear_start``.
         """
         weight, bias = self.norm.affine(x.shape[-1], known)
-        standard = (x - bias) / weight
+        std = stats[1] if stats is not None else torch.ones_like(x[:, :1])  # B x 1 x D
+        centred = (x - bias) / weight * std  # demeaned window in stored units
+        if self.level_anomaly:
+            anomaly = torch.zeros_like(centred[:, :1])  # B x 1 x D
+            if stats is not None and known and x.shape[-1] == self.num_series:
+                anomaly = torch.nan_to_num(stats[0] - self.station_level.to(centred.dtype))
+            centred = torch.cat([centred, anomaly], dim=1)  # B x (L + 1) x D: one more input per station
         linear = self.linear_start
         params = (linear.weight.detach(), linear.bias.detach()) if self.linear_start_fitted else (linear.weight, linear.bias)
         if self.decoder_init == "linear":
-            out = F.linear(standard.transpose(1, 2), *params).transpose(1, 2)
+            out = F.linear(centred.transpose(1, 2), *params).transpose(1, 2)
         else:
-            nodes = to_nodes(standard, num_nodes).transpose(1, 2)  # (B n) x D/n x L
+            nodes = to_nodes(centred, num_nodes).transpose(1, 2)  # (B n) x D/n x L (L + 1 with the anomaly)
             out = F.linear(nodes.flatten(1), *params).reshape(nodes.shape[0], nodes.shape[1], self.pred_len)
             out = from_nodes(out.transpose(1, 2), num_nodes)  # B x P x D
-        return out * weight + bias
+        return out / std * weight + bias
 
-    def decoder_inputs(self, x: Tensor, num_nodes: int | None = None, known: bool = True) -> tuple[Tensor, Tensor]:
+    def decoder_inputs(
+        self, x: Tensor, num_nodes: int | None = None, known: bool = True, stats: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Normalized B x L x D -> (seasonal init, start of the trend accumulator), each B x (label_len + P) x D.
 
         The first label_len steps are the decomposed input's last steps; the P future steps are
@@ -533,13 +571,14 @@ class UniRepLKNetForecaster(nn.Module):
         ``linear`` / ``node_linear``: seasonal as for ``last_period``; the trend accumulator starts from the known
         steps themselves and the linear forecast of ``linear_forecast`` (the decoder learns its correction).
         ``num_nodes``: the node count of ``x`` (another station set's, see ``forward``); default the model's.
+        ``stats``: the window's (mean, std) from ``WindowNorm``, for the linear start's level anomaly.
         """
         seasonal, trend = self.decomposition(x)  # B x L x D each
         steps_known = slice(self.seq_len - self.label_len, self.seq_len)
         if self.decoder_init in ("linear", "node_linear"):
             steps = torch.arange(self.pred_len, device=x.device) % self.period
             future_seasonal = seasonal[:, self.seq_len - self.period + steps]
-            future_start = self.linear_forecast(x, num_nodes or self.num_nodes, known)  # B x P x D
+            future_start = self.linear_forecast(x, num_nodes or self.num_nodes, known, stats)  # B x P x D
             seasonal_init = torch.cat([seasonal[:, steps_known], future_seasonal], dim=1)
             return seasonal_init, torch.cat([x[:, steps_known], future_start], dim=1)
         if self.decoder_init == "mean":
