@@ -15,6 +15,7 @@ from modalities.audio.preprocess import (
     change_speed,
     fix_length,
     jitter_and_roll,
+    kaldi_log_mel,
     mix_waveforms,
     normalize_fbank,
 )
@@ -117,6 +118,31 @@ def test_mixup_and_background_noise():
 def dominant_frequency(x: torch.Tensor, sample_rate: int = 16000) -> float:
     spectrum = torch.fft.rfft(x.double()).abs()
     return float(torch.fft.rfftfreq(x.numel(), 1.0 / sample_rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("warp", [1.0, 0.9, 0.955, 1.1])
+def test_cached_mel_bank_fbank_equals_kaldi_fbank(warp):
+    """kaldi_log_mel (mel bank cached per warp factor) gives torchaudio's kaldi.fbank, digital silence included."""
+    torch.manual_seed(0)
+    wave = chirp(16000) + 0.01 * torch.randn(16000)
+    wave[12000:] = 0.0  # a zero-padded tail: log of the energy floor in both
+    for bins in (64, 128):
+        reference = torchaudio.compliance.kaldi.fbank(
+            wave.unsqueeze(0), htk_compat=True, sample_frequency=16000.0, use_energy=False, window_type="hanning",
+            num_mel_bins=bins, dither=0.0, frame_shift=10.0, frame_length=25.0, vtln_warp=warp,
+        )
+        torch.testing.assert_close(kaldi_log_mel(wave, 16000.0, bins, vtln_warp=warp), reference, rtol=0, atol=1e-5)
+    # warp factors are rounded to 0.005 (a few dozen cached banks): 0.9513 reads as 0.95
+    torch.testing.assert_close(kaldi_log_mel(wave, 16000.0, 64, vtln_warp=0.9513),
+                               kaldi_log_mel(wave, 16000.0, 64, vtln_warp=0.95), rtol=0, atol=0)
+    assert not torch.equal(kaldi_log_mel(wave, 16000.0, 64, vtln_warp=0.96), kaldi_log_mel(wave, 16000.0, 64, vtln_warp=0.95))
+
+
+def test_speed_perturbation_equals_torchaudio_speed():
+    wave = chirp(16000)
+    for factor in (0.9, 0.93, 1.07, 1.1):
+        reference = torchaudio.functional.speed(wave, 16000, factor)[0]
+        torch.testing.assert_close(change_speed(wave, 16000, factor), reference, rtol=0, atol=1e-5)
 
 
 def test_speed_perturbation_changes_tempo_and_pitch_together():
