@@ -155,6 +155,30 @@ def test_dilated_reparam_block_alone(kernel_size):
     assert (before - after).abs().max() <= 1e-5 * before.abs().max()
 
 
+@pytest.mark.parametrize("size", [(4, 2), (7, 4), (1, 1), (13, 30)])
+def test_drb_on_maps_smaller_than_its_kernels_skips_only_padding_taps(size):
+    """same_depthwise_conv drops the taps that meet only padding (13 x 13 on a 4 x 2 map: 7 x 3 taps); the
+    training block's output and every gradient equal those of the plain full-kernel convs."""
+    torch.manual_seed(0)
+    block = randomize(core.DilatedReparamBlock(8, 13)).train()
+    x = torch.randn(2, 8, *size, requires_grad=True)
+
+    def full_kernel_forward():
+        out = block.origin_bn(block.lk_origin(x))
+        for name in block.branch_names:
+            out = out + getattr(block, f"dil_bn_{name}")(getattr(block, f"dil_conv_{name}")(x))
+        return out
+
+    outputs, grads = [], []
+    for forward in (block, full_kernel_forward):
+        out = forward(x) if forward is block else forward()
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [x, *block.parameters()]))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+    for cropped, full in zip(*grads):
+        torch.testing.assert_close(cropped, full, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("k,r", [(3, 2), (5, 3), (3, 7), (9, 2)])
 def test_dilate_kernel_matches_dilated_conv(k, r):
     kernel = torch.randn(4, 1, k, k)

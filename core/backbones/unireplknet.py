@@ -149,6 +149,24 @@ def build_extra_structure(name: str, dim: int, deploy: bool = False) -> nn.Modul
                          ConvBN(dim, dim, 3, groups=dim, deploy=deploy))
 
 
+def same_depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a stride-1 depthwise conv with "same" padding (``dilation * (k // 2)``), computed with only
+    the kernel taps that can meet the input: on an H x W map a tap further than H - 1 rows (W - 1 columns) from
+    the centre only ever multiplies padding zeros, so dropping it changes neither the output nor any gradient.
+
+    Written here because a large kernel on a small map is common in this network (K = 13 on the 7 x 4 and 4 x 2
+    maps of the last stages of a mini run, the dilated branches reaching 11 x 11) and oneDNN computes every tap:
+    the last stage's 13 x 13 conv on 4 x 2 maps costs about 10x its cropped 7 x 3 form, forward and backward.
+    """
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    ch, cw = kh // 2, kw // 2
+    keep_h, keep_w = min(ch, (x.shape[-2] - 1) // dh), min(cw, (x.shape[-1] - 1) // dw)
+    if (keep_h, keep_w) == (ch, cw):
+        return conv(x)
+    weight = conv.weight[:, :, ch - keep_h : ch + keep_h + 1, cw - keep_w : cw + keep_w + 1]
+    return F.conv2d(x, weight, conv.bias, 1, (keep_h * dh, keep_w * dw), (dh, dw), conv.groups)
+
+
 class DilatedReparamBlock(nn.Module):
     """Depthwise K x K conv plus parallel dilated small-kernel depthwise convs, each with its own BN.
 
@@ -191,9 +209,10 @@ class DilatedReparamBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deployed:
             return self.lk_origin(x)
-        out = self.origin_bn(self.lk_origin(x))
+        # the training structure (Fig. 2): every conv computed on the taps that meet the map (same values)
+        out = self.origin_bn(same_depthwise_conv(self.lk_origin, x))
         for name in self.branch_names:
-            out = out + getattr(self, f"dil_bn_{name}")(getattr(self, f"dil_conv_{name}")(x))
+            out = out + getattr(self, f"dil_bn_{name}")(same_depthwise_conv(getattr(self, f"dil_conv_{name}"), x))
         return out
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
