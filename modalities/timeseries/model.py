@@ -10,7 +10,8 @@
     seasonal, trend = Decomp(x)                         decoder inits, as in Autoformer / Corrformer:
         seasonal_init = [seasonal[-label_len:], 0 x P],  trend_init = [trend[-label_len:], mean(x) x P]
         (or, with decoder_init="last_period", a seasonal-naive start; with "node_linear", the mini recipe's, a
-        linear forecast over each node's stations, fitted by least squares on the train split: see ``decoder_inputs``)
+        linear forecast over each node's stations, fitted by least squares on the train split, which with
+        ``level_anomaly`` also reads each station's window mean minus its train mean: see ``decoder_inputs``)
     y  = CorrDecoder(NodeEmbedding'(seasonal_init), memory, trend_init)   (B n) x (label_len + P) x D/n
     forecast = WindowNorm^-1(last P steps of y)         B x P x D
 
