@@ -572,7 +572,7 @@ class UniRepLKNetForecaster(nn.Module):
         ``linear`` / ``node_linear``: seasonal as for ``last_period``; the trend accumulator starts from the known
         steps themselves and the linear forecast of ``linear_forecast`` (the decoder learns its correction).
         ``num_nodes``: the node count of ``x`` (another station set's, see ``forward``); default the model's.
-        ``stats``: the window's (mean, std) from ``WindowNorm``, for the linear start's level anomaly.
+        ``stats``: the window's (mean, std) from ``WindowNorm``: the linear start works in stored units with them.
         """
         seasonal, trend = self.decomposition(x)  # B x L x D each
         steps_known = slice(self.seq_len - self.label_len, self.seq_len)
